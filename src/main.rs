@@ -1,0 +1,189 @@
+//! The `callguard` command: parse arguments, load config, run the chosen subcommand.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad usage or invalid config/input.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use callguard::config::{self, Config};
+
+#[derive(Parser)]
+#[command(name = "callguard", version, about = "Real-time abuse, threat and crisis alerts for Nordic contact-centre calls")]
+struct Args {
+    /// Log as JSON lines (for log shippers) instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC service.
+    Serve {
+        /// TOML config file (merged over the embedded defaults); reloaded when it changes.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Listen address, overriding server.addr.
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+    },
+    /// Score a JSONL file of utterances ({"id","text","lang"?,"speaker"?}) offline.
+    Score {
+        #[arg(long)]
+        input: PathBuf,
+        /// Output JSONL (default: standard output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Play calls ({"call_id","lang","turns":[...]}) through the gRPC API and print their alerts.
+    Replay {
+        #[arg(long)]
+        input: PathBuf,
+        /// A running server; by default one is started on an ephemeral loopback port.
+        #[arg(long)]
+        addr: Option<String>,
+        /// Output JSONL (default: standard output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Config for the server replay starts itself.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and exit.
+    CheckConfig { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    callguard::telemetry::init(args.log_json);
+    match try_main(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("callguard: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn try_main(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::CheckConfig { file } => match config::load(Some(&file)) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::Serve { config, addr } => {
+            let cfg = load_config(config.as_deref())?;
+            let addr = match addr {
+                Some(addr) => addr,
+                None => cfg.server.addr.parse().context("server.addr")?,
+            };
+            runtime()?.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+                let shutdown = CancellationToken::new();
+                tokio::spawn(stop_on_signal(shutdown.clone()));
+                callguard::run(cfg, config, listener, shutdown).await?;
+                Ok(ExitCode::SUCCESS)
+            })
+        }
+        Command::Score { input, output, config } => {
+            let cfg = load_config(config.as_deref())?;
+            let reader = BufReader::new(File::open(&input).with_context(|| input.display().to_string())?);
+            let bad = with_output(output.as_deref(), |out| {
+                Ok(callguard::offline::score_jsonl(&cfg, reader, out)?)
+            })?;
+            Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+        Command::Replay { input, addr, output, config } => {
+            let cfg = load_config(config.as_deref())?;
+            let reader = BufReader::new(File::open(&input).with_context(|| input.display().to_string())?);
+            let bad = runtime()?.block_on(async move {
+                let shutdown = CancellationToken::new();
+                let (endpoint, server) = match addr {
+                    Some(addr) if addr.contains("://") => (addr, None),
+                    Some(addr) => (format!("http://{addr}"), None),
+                    None => {
+                        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                        let endpoint = format!("http://{}", listener.local_addr()?);
+                        let server = tokio::spawn(callguard::run(cfg, None, listener, shutdown.clone()));
+                        (endpoint, Some(server))
+                    }
+                };
+                let mut buffer = Vec::new();
+                let result = callguard::replay::replay_jsonl(&endpoint, reader, &mut buffer).await;
+                shutdown.cancel();
+                if let Some(server) = server {
+                    server.await??;
+                }
+                let bad = result?;
+                with_output(output.as_deref(), |out| Ok(out.write_all(&buffer)?))?;
+                anyhow::Ok(bad)
+            })?;
+            Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+    }
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    Ok(config::load(path)?)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// Run `write` against the output file, or stdout when none is given.
+fn with_output<T>(path: Option<&Path>, write: impl FnOnce(&mut dyn Write) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    match path {
+        Some(path) => {
+            let mut out = BufWriter::new(File::create(path).with_context(|| path.display().to_string())?);
+            let value = write(&mut out)?;
+            out.flush()?;
+            Ok(value)
+        }
+        None => {
+            let stdout = std::io::stdout();
+            let mut out = BufWriter::new(stdout.lock());
+            write(&mut out)
+        }
+    }
+}
+
+/// Fire `shutdown` on SIGINT or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(err) => {
+                tracing::warn!(error = %err, "no SIGTERM handler");
+                let _ = ctrl_c.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    shutdown.cancel();
+}

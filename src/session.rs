@@ -1,0 +1,452 @@
+//! Per-call state and the path of an utterance: validate, score, decide, alert.
+//!
+//! Calls live in a `DashMap<CallId, Arc<Call>>`; each call's mutable state sits behind its own
+//! short `std::sync::Mutex`, taken only between awaits (copy out, drop, then await). A call
+//! outlives its stream: if the telephony platform's stream breaks, it can reattach with
+//! `resume` and the call's flags (warned, alerts sent) are kept until idle expiry.
+//! Finals of one call are processed in order, so the policy sees the conversation as spoken.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::alerts::{Alert, AlertHub};
+use crate::config::Config;
+use crate::domain::{AgentId, AlertKind, CallId, Label, LabelSet, Lang, Scores, Speaker};
+use crate::error::{Error, Result};
+use crate::policy::{self, AlertKinds, CallFlags};
+use crate::scoring::{Scored, Scorer};
+
+/// Longest id accepted for calls, agents, tenants and utterances.
+const MAX_ID_BYTES: usize = 256;
+/// Distinct final utterance ids remembered per call (for idempotent duplicates).
+const MAX_FINALS_PER_CALL: usize = 20_000;
+
+/// A call as the telephony platform announces it.
+#[derive(Clone, Debug)]
+pub struct CallStart {
+    pub call_id: String,
+    pub tenant: String,
+    pub agent_id: String,
+    pub team: String,
+    pub language: String,
+    pub resume: bool,
+}
+
+/// One transcript chunk.
+#[derive(Clone, Debug)]
+pub struct UtteranceIn {
+    pub utterance_id: String,
+    pub speaker: Speaker,
+    pub text: String,
+    pub is_final: bool,
+}
+
+/// The verdict kept for each final (duplicates get it again).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FinalResult {
+    pub scores: Scores,
+    pub labels: LabelSet,
+    pub alerts: AlertKinds,
+    pub degraded: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Partial { seen: u64 },
+    Final { result: FinalResult, duplicate: bool },
+}
+
+/// Fixed facts about a call.
+#[derive(Clone, Debug)]
+pub struct CallMeta {
+    pub call_id: CallId,
+    pub tenant: Arc<str>,
+    pub agent_id: AgentId,
+    pub team: Arc<str>,
+    pub lang: Lang,
+}
+
+struct CallState {
+    flags: CallFlags,
+    /// A stream is feeding this call.
+    attached: bool,
+    last_activity: Instant,
+    partials: u64,
+    results: HashMap<Arc<str>, FinalResult>,
+    last_utterance: Option<Arc<str>>,
+}
+
+pub struct Call {
+    pub meta: CallMeta,
+    state: Mutex<CallState>,
+    /// Fired when the call expires while a stream is attached: the stream ends.
+    expired: CancellationToken,
+}
+
+impl Call {
+    fn state(&self) -> std::sync::MutexGuard<'_, CallState> {
+        // the state is plain data: a panic elsewhere cannot leave it half-updated
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct SessionStats {
+    pub calls_started: AtomicU64,
+    pub calls_ended: AtomicU64,
+    pub calls_expired: AtomicU64,
+    pub partials: AtomicU64,
+    pub finals: AtomicU64,
+    pub degraded: AtomicU64,
+    pub alerts: [AtomicU64; 5],
+}
+
+pub struct Sessions {
+    calls: DashMap<CallId, Arc<Call>>,
+    scorer: Scorer,
+    alerts: Arc<AlertHub>,
+    config: watch::Receiver<Arc<Config>>,
+    pub stats: SessionStats,
+}
+
+impl Sessions {
+    pub fn new(scorer: Scorer, alerts: Arc<AlertHub>, config: watch::Receiver<Arc<Config>>) -> Sessions {
+        Sessions {
+            calls: DashMap::new(),
+            scorer,
+            alerts,
+            config,
+            stats: SessionStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    pub fn scorer(&self) -> &Scorer {
+        &self.scorer
+    }
+
+    pub fn alerts(&self) -> &Arc<AlertHub> {
+        &self.alerts
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Start (or, with `resume`, reattach to) a call. The handle detaches on drop.
+    pub fn open(self: &Arc<Self>, start: CallStart) -> Result<CallHandle> {
+        let cfg = self.config();
+        let call_id = CallId(valid_id("call_id", &start.call_id)?.into());
+        let lang = Lang::parse(&start.language).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "language {:?} is not one of sv, nb, nn, da (or no)",
+                truncate(&start.language, 16)
+            ))
+        })?;
+        let now = Instant::now();
+        let call = match self.calls.entry(call_id.clone()) {
+            Entry::Occupied(existing) => {
+                let call = existing.get().clone();
+                drop(existing);
+                if !start.resume {
+                    return Err(Error::AlreadyExists(format!("call {call_id} is already open")));
+                }
+                let mut state = call.state();
+                if state.attached {
+                    return Err(Error::AlreadyExists(format!(
+                        "call {call_id} already has a stream"
+                    )));
+                }
+                state.attached = true;
+                state.last_activity = now;
+                drop(state);
+                call
+            }
+            Entry::Vacant(slot) => {
+                if start.resume {
+                    return Err(Error::NotFound(format!("call {call_id} is not known (ended or expired)")));
+                }
+                if self.calls.len() >= cfg.limits.max_calls {
+                    return Err(Error::ResourceExhausted(format!(
+                        "{} calls open (limits.max_calls)",
+                        cfg.limits.max_calls
+                    )));
+                }
+                let meta = CallMeta {
+                    call_id: call_id.clone(),
+                    tenant: optional_id("tenant", &start.tenant)?.into(),
+                    agent_id: AgentId(valid_id("agent_id", &start.agent_id)?.into()),
+                    team: optional_id("team", &start.team)?.into(),
+                    lang,
+                };
+                let call = Arc::new(Call {
+                    meta,
+                    state: Mutex::new(CallState {
+                        flags: CallFlags::default(),
+                        attached: true,
+                        last_activity: now,
+                        partials: 0,
+                        results: HashMap::new(),
+                        last_utterance: None,
+                    }),
+                    expired: CancellationToken::new(),
+                });
+                slot.insert(call.clone());
+                self.stats.calls_started.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(call_id = %call_id, agent_id = %call.meta.agent_id, lang = %lang, "call started");
+                call
+            }
+        };
+        Ok(CallHandle {
+            sessions: self.clone(),
+            call,
+            ended: false,
+        })
+    }
+
+    /// Forget calls idle for longer than `limits.call_idle_expiry_s`. Returns how many.
+    pub fn expire_idle(&self, now: Instant) -> usize {
+        let expiry = self.config().idle_expiry();
+        let mut expired = Vec::new();
+        self.calls.retain(|_, call| {
+            let idle = now.saturating_duration_since(call.state().last_activity);
+            if idle > expiry {
+                expired.push(call.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for call in &expired {
+            call.expired.cancel();
+            tracing::info!(call_id = %call.meta.call_id, "call expired after idle");
+        }
+        self.stats.calls_expired.fetch_add(expired.len() as u64, Ordering::Relaxed);
+        expired.len()
+    }
+
+    /// Sweep idle calls until `shutdown`.
+    pub async fn run_expiry(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            let period = (self.config().idle_expiry() / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(period) => { self.expire_idle(Instant::now()); }
+            }
+        }
+    }
+
+    fn publish(&self, cfg: &Config, meta: &CallMeta, utterance_id: &Arc<str>, kind: AlertKind, scored: Option<(&Scored, &str)>) {
+        let (reason, reason_en) = cfg.reason(meta.lang, kind);
+        let (labels, evidence) = match scored {
+            Some((s, text)) => (
+                s.labels.iter().map(|l| (l, s.scores.get(l))).collect(),
+                s.evidence
+                    .iter()
+                    .filter(|e| text.is_char_boundary(e.start) && text.is_char_boundary(e.end) && e.start <= e.end && e.end <= text.len())
+                    .map(|e| (e.clone(), text[e.start..e.end].to_string()))
+                    .collect(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let alert = Alert {
+            seq: 0,
+            agent_id: meta.agent_id.clone(),
+            call_id: meta.call_id.clone(),
+            tenant: meta.tenant.clone(),
+            utterance_id: utterance_id.clone(),
+            kind,
+            labels,
+            reason,
+            reason_en,
+            lang: meta.lang,
+            crisis_line: (kind == AlertKind::AcuteProcedure).then(|| cfg.crisis_lines.get(meta.lang).clone()),
+            report_to_police: kind == AlertKind::Escalate,
+            created_unix_ms: unix_ms(),
+            evidence,
+        };
+        let sent = self.alerts.publish(alert, cfg.limits.alert_replay_per_agent);
+        self.stats.alerts[kind as usize].fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            call_id = %meta.call_id,
+            agent_id = %meta.agent_id,
+            utterance_id = %utterance_id,
+            alert = kind.name(),
+            seq = sent.seq,
+            "alert"
+        );
+    }
+}
+
+/// A stream's hold on a call. Dropping it detaches the stream; the call stays until it ends
+/// or expires.
+pub struct CallHandle {
+    sessions: Arc<Sessions>,
+    call: Arc<Call>,
+    ended: bool,
+}
+
+impl CallHandle {
+    pub fn meta(&self) -> &CallMeta {
+        &self.call.meta
+    }
+
+    /// Resolves when the call expires (idle) while this stream holds it.
+    pub fn expired(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.call.expired.cancelled()
+    }
+
+    /// Take one transcript chunk. Errors reject this chunk only; the call goes on.
+    pub async fn utterance(&self, utt: UtteranceIn) -> Result<Outcome> {
+        let s = &self.sessions;
+        let cfg = s.config();
+        let id = valid_id("utterance_id", &utt.utterance_id)?;
+        if utt.speaker == Speaker::Unknown {
+            return Err(Error::InvalidArgument("speaker must be agent or customer".into()));
+        }
+        if utt.text.len() > cfg.limits.max_text_bytes {
+            return Err(Error::InvalidArgument(format!(
+                "text is {} bytes, over limits.max_text_bytes = {}",
+                utt.text.len(),
+                cfg.limits.max_text_bytes
+            )));
+        }
+        if !utt.is_final {
+            let mut state = self.call.state();
+            state.last_activity = Instant::now();
+            state.partials += 1;
+            s.stats.partials.fetch_add(1, Ordering::Relaxed);
+            return Ok(Outcome::Partial { seen: state.partials });
+        }
+        if utt.text.trim().is_empty() {
+            return Err(Error::InvalidArgument("final utterance text is empty".into()));
+        }
+        let id: Arc<str> = id.into();
+        {
+            let mut state = self.call.state();
+            state.last_activity = Instant::now();
+            if let Some(result) = state.results.get(&id) {
+                return Ok(Outcome::Final {
+                    result: *result,
+                    duplicate: true,
+                });
+            }
+            if state.results.len() >= MAX_FINALS_PER_CALL {
+                return Err(Error::ResourceExhausted(format!(
+                    "call has {MAX_FINALS_PER_CALL} final utterances"
+                )));
+            }
+        }
+        let meta = &self.call.meta;
+        let text: Arc<str> = utt.text.into();
+        let scored = s.scorer.score(text.clone(), &cfg, meta.lang, utt.speaker).await?;
+        let decision = {
+            let mut state = self.call.state();
+            let decision = policy::on_final(&cfg.policy, state.flags, utt.speaker, scored.labels);
+            state.flags = decision.flags;
+            let result = FinalResult {
+                scores: scored.scores,
+                labels: scored.labels,
+                alerts: decision.alerts,
+                degraded: scored.degraded,
+            };
+            state.results.insert(id.clone(), result);
+            state.last_utterance = Some(id.clone());
+            state.last_activity = Instant::now();
+            result
+        };
+        s.stats.finals.fetch_add(1, Ordering::Relaxed);
+        if scored.degraded {
+            s.stats.degraded.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(
+            call_id = %meta.call_id,
+            utterance_id = %id,
+            threat = scored.scores.get(Label::Threat),
+            harassment = scored.scores.get(Label::Harassment),
+            profanity = scored.scores.get(Label::Profanity),
+            self_harm = scored.scores.get(Label::SelfHarm),
+            warning = scored.scores.get(Label::Warning),
+            "scored"
+        );
+        for kind in decision.alerts.iter() {
+            s.publish(&cfg, meta, &id, kind, Some((&scored, &text)));
+        }
+        Ok(Outcome::Final {
+            result: decision,
+            duplicate: false,
+        })
+    }
+
+    /// End the call: raise `debrief` if due and forget the call. Returns the alerts raised.
+    pub fn end(mut self) -> AlertKinds {
+        self.ended = true;
+        let s = &self.sessions;
+        let meta = &self.call.meta;
+        s.calls.remove(&meta.call_id);
+        let (flags, last) = {
+            let state = self.call.state();
+            (state.flags, state.last_utterance.clone())
+        };
+        let mut raised = AlertKinds::default();
+        if let Some(kind) = policy::on_end(flags) {
+            let cfg = s.config();
+            let last = last.unwrap_or_else(|| Arc::from(""));
+            s.publish(&cfg, meta, &last, kind, None);
+            raised = raised.with(kind);
+        }
+        s.stats.calls_ended.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(call_id = %meta.call_id, "call ended");
+        raised
+    }
+}
+
+impl Drop for CallHandle {
+    fn drop(&mut self) {
+        if !self.ended {
+            let mut state = self.call.state();
+            state.attached = false;
+            state.last_activity = Instant::now();
+        }
+    }
+}
+
+fn valid_id<'a>(field: &str, value: &'a str) -> Result<&'a str> {
+    if value.trim().is_empty() {
+        return Err(Error::InvalidArgument(format!("{field} is empty")));
+    }
+    optional_id(field, value)
+}
+
+fn optional_id<'a>(field: &str, value: &'a str) -> Result<&'a str> {
+    if value.len() > MAX_ID_BYTES {
+        return Err(Error::InvalidArgument(format!("{field} is longer than {MAX_ID_BYTES} bytes")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Error::InvalidArgument(format!("{field} contains control characters")));
+    }
+    Ok(value)
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
