@@ -13,7 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("callguard_descriptor.bin"))
         .compile_with_config(
             config,
-            &["proto/callguard/v1/ingest.proto", "proto/callguard/v1/alerts.proto"],
+            &[
+                "proto/callguard/v1/ingest.proto",
+                "proto/callguard/v1/alerts.proto",
+            ],
             &["proto"],
         )?;
     println!("cargo:rerun-if-changed=proto");

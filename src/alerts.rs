@@ -40,7 +40,10 @@ pub struct Alert {
 pub enum FeedItem {
     Alert(Arc<Alert>),
     /// Alerts `from..=to` are no longer in the replay buffer.
-    Gap { from: u64, to: u64 },
+    Gap {
+        from: u64,
+        to: u64,
+    },
 }
 
 struct Feed {
@@ -103,7 +106,12 @@ impl AlertHub {
     /// Subscribe to an agent's alerts. Alerts with `seq > resume_after` still buffered are
     /// queued first; if some of them are gone, a `Gap` says which. `resume_after` beyond the
     /// last sequence number (a client from before a restart) replays the whole buffer.
-    pub fn subscribe(&self, agent: &AgentId, resume_after: u64, queue: usize) -> mpsc::Receiver<FeedItem> {
+    pub fn subscribe(
+        &self,
+        agent: &AgentId,
+        resume_after: u64,
+        queue: usize,
+    ) -> mpsc::Receiver<FeedItem> {
         let feed = self.feed(agent);
         let mut feed = feed.lock().unwrap_or_else(|p| p.into_inner());
         let last = feed.next_seq - 1;
@@ -112,7 +120,11 @@ impl AlertHub {
         let replay: Vec<Arc<Alert>> = if resume_after == 0 {
             Vec::new()
         } else {
-            feed.buffer.iter().filter(|a| a.seq > from).cloned().collect()
+            feed.buffer
+                .iter()
+                .filter(|a| a.seq > from)
+                .cloned()
+                .collect()
         };
         let (tx, rx) = mpsc::channel(replay.len() + 1 + queue.max(1));
         let oldest = feed.buffer.front().map_or(feed.next_seq, |a| a.seq);
@@ -134,13 +146,19 @@ impl AlertHub {
         self.feeds
             .get(agent)
             .map(|f| f.value().clone())
-            .map_or(0, |f| f.lock().unwrap_or_else(|p| p.into_inner()).next_seq - 1)
+            .map_or(0, |f| {
+                f.lock().unwrap_or_else(|p| p.into_inner()).next_seq - 1
+            })
     }
 
     /// Drop every subscriber (shutdown): their streams end after draining what is queued.
     pub fn close_all(&self) {
         for feed in self.feeds.iter() {
-            feed.value().lock().unwrap_or_else(|p| p.into_inner()).subscribers.clear();
+            feed.value()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .subscribers
+                .clear();
         }
     }
 }

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::alerts::{Alert, FeedItem};
@@ -28,6 +29,8 @@ pub struct Api {
     pub sessions: Arc<Sessions>,
     /// Fired at shutdown: call streams end after their in-flight final.
     pub shutdown: CancellationToken,
+    /// Every call-stream task; shutdown waits on it before closing the alert feeds.
+    pub calls: TaskTracker,
 }
 
 #[tonic::async_trait]
@@ -42,7 +45,7 @@ impl pb::ingest_server::Ingest for Api {
         // bounded: a client that stops reading acks holds up only its own call
         let (tx, rx) = mpsc::channel(ACK_QUEUE);
         let api = self.clone();
-        tokio::spawn(async move {
+        self.calls.spawn(async move {
             if let Err(status) = api.drive_call(&mut inbound, &tx).await {
                 let _ = tx.send(Err(status)).await;
             }
@@ -65,7 +68,10 @@ impl Api {
         let start = match first.event {
             Some(pb::call_event::Event::Start(start)) => start,
             _ => {
-                return Err(Error::FailedPrecondition("the first event of a call stream must be start".into()).into());
+                return Err(Error::FailedPrecondition(
+                    "the first event of a call stream must be start".into(),
+                )
+                .into());
             }
         };
         let resume = start.resume;
@@ -81,7 +87,13 @@ impl Api {
             call_id: handle.meta().call_id.to_string(),
             resumed: resume,
         });
-        if tx.send(Ok(pb::CallAck { ack: Some(accepted) })).await.is_err() {
+        if tx
+            .send(Ok(pb::CallAck {
+                ack: Some(accepted),
+            }))
+            .await
+            .is_err()
+        {
             return Ok(());
         }
         loop {
@@ -126,7 +138,10 @@ impl Api {
                     return Ok(());
                 }
                 Some(pb::call_event::Event::Start(_)) => {
-                    return Err(Error::FailedPrecondition("this stream's call has already started".into()).into());
+                    return Err(Error::FailedPrecondition(
+                        "this stream's call has already started".into(),
+                    )
+                    .into());
                 }
                 None => return Err(Error::InvalidArgument("empty call event".into()).into()),
             };
@@ -168,7 +183,10 @@ impl pb::alert_feed_server::AlertFeed for Api {
         }
         let cfg = self.sessions.config();
         let agent = AgentId(req.agent_id.into());
-        let feed = self.sessions.alerts().subscribe(&agent, req.resume_after, cfg.limits.subscriber_queue);
+        let feed =
+            self.sessions
+                .alerts()
+                .subscribe(&agent, req.resume_after, cfg.limits.subscriber_queue);
         tracing::info!(agent_id = %agent, resume_after = req.resume_after, "alert subscriber");
         // at shutdown the hub drops its senders: the stream ends after what is queued
         let stream = ReceiverStream::new(feed).map(|item| Ok(feed_to(item)));
@@ -178,7 +196,10 @@ impl pb::alert_feed_server::AlertFeed for Api {
 
 #[tonic::async_trait]
 impl pb::scoring_server::Scoring for Api {
-    async fn score(&self, request: Request<pb::ScoreRequest>) -> Result<Response<pb::ScoreResponse>, Status> {
+    async fn score(
+        &self,
+        request: Request<pb::ScoreRequest>,
+    ) -> Result<Response<pb::ScoreResponse>, Status> {
         let req = request.into_inner();
         let cfg = self.sessions.config();
         if req.text.trim().is_empty() {
@@ -195,19 +216,28 @@ impl pb::scoring_server::Scoring for Api {
         let lang = if req.language.is_empty() {
             guess_language(&req.text)
         } else {
-            Lang::parse(&req.language)
-                .ok_or_else(|| Error::InvalidArgument(format!("unknown language {:?}", req.language)))?
+            Lang::parse(&req.language).ok_or_else(|| {
+                Error::InvalidArgument(format!("unknown language {:?}", req.language))
+            })?
         };
         let speaker = match req.speaker {
             0 => Speaker::Unknown,
             s => speaker_from(s),
         };
         let text: Arc<str> = req.text.into();
-        let scored = self.sessions.scorer().score(text.clone(), &cfg, lang, speaker).await?;
+        let scored = self
+            .sessions
+            .scorer()
+            .score(text.clone(), &cfg, lang, speaker)
+            .await?;
         Ok(Response::new(pb::ScoreResponse {
             scores: Some(scores_to(&scored.scores)),
             labels: scored.labels.iter().map(|l| l.name().to_string()).collect(),
-            evidence: scored.evidence.iter().map(|e| evidence_to(e, &text)).collect(),
+            evidence: scored
+                .evidence
+                .iter()
+                .map(|e| evidence_to(e, &text))
+                .collect(),
             degraded: scored.degraded,
         }))
     }
@@ -291,7 +321,10 @@ pub fn alert_to(a: &Alert) -> pb::Alert {
 fn feed_to(item: FeedItem) -> pb::AlertEvent {
     let event = match item {
         FeedItem::Alert(a) => pb::alert_event::Event::Alert(alert_to(&a)),
-        FeedItem::Gap { from, to } => pb::alert_event::Event::Gap(pb::ReplayGap { from_seq: from, to_seq: to }),
+        FeedItem::Gap { from, to } => pb::alert_event::Event::Gap(pb::ReplayGap {
+            from_seq: from,
+            to_seq: to,
+        }),
     };
     pb::AlertEvent { event: Some(event) }
 }

@@ -174,13 +174,25 @@ pub struct PartialLabelValues {
 
 impl LabelValues {
     fn as_array(&self) -> [f32; Label::COUNT] {
-        [self.threat, self.harassment, self.profanity, self.self_harm, self.warning]
+        [
+            self.threat,
+            self.harassment,
+            self.profanity,
+            self.self_harm,
+            self.warning,
+        ]
     }
 }
 
 impl PartialLabelValues {
     fn over(&self, base: [f32; Label::COUNT]) -> [f32; Label::COUNT] {
-        let own = [self.threat, self.harassment, self.profanity, self.self_harm, self.warning];
+        let own = [
+            self.threat,
+            self.harassment,
+            self.profanity,
+            self.self_harm,
+            self.warning,
+        ];
         std::array::from_fn(|i| own[i].unwrap_or(base[i]))
     }
 }
@@ -294,7 +306,10 @@ impl Config {
     pub fn reason(&self, lang: Lang, kind: AlertKind) -> (String, String) {
         let line = self.crisis_lines.get(lang);
         let fill = |s: &str| s.replace("{crisis_line}", line);
-        (fill(self.texts.get(lang).get(kind)), fill(self.texts.en.get(kind)))
+        (
+            fill(self.texts.get(lang).get(kind)),
+            fill(self.texts.en.get(kind)),
+        )
     }
 
     pub fn idle_expiry(&self) -> Duration {
@@ -330,7 +345,11 @@ impl Config {
         }
         let b = &self.batching;
         if !(1..=256).contains(&b.max_batch) {
-            return Err(invalid("batching.max_batch", b.max_batch, "must be 1..=256"));
+            return Err(invalid(
+                "batching.max_batch",
+                b.max_batch,
+                "must be 1..=256",
+            ));
         }
         if b.max_tokens_per_batch < self.model.max_tokens {
             return Err(invalid(
@@ -340,16 +359,28 @@ impl Config {
             ));
         }
         if b.max_wait_ms > 1000 {
-            return Err(invalid("batching.max_wait_ms", b.max_wait_ms, "must be <= 1000"));
+            return Err(invalid(
+                "batching.max_wait_ms",
+                b.max_wait_ms,
+                "must be <= 1000",
+            ));
         }
         if b.queue_capacity == 0 {
             return Err(invalid("batching.queue_capacity", 0, "must be > 0"));
         }
         if !(8..=512).contains(&self.model.max_tokens) {
-            return Err(invalid("model.max_tokens", self.model.max_tokens, "must be 8..=512"));
+            return Err(invalid(
+                "model.max_tokens",
+                self.model.max_tokens,
+                "must be 8..=512",
+            ));
         }
         if !(1..=64).contains(&self.model.threads) {
-            return Err(invalid("model.threads", self.model.threads, "must be 1..=64"));
+            return Err(invalid(
+                "model.threads",
+                self.model.threads,
+                "must be 1..=64",
+            ));
         }
         let l = &self.limits;
         for (key, value) in [
@@ -377,7 +408,11 @@ impl Config {
             ));
         }
         if self.server.addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid("server.addr", &self.server.addr, "not a HOST:PORT address"));
+            return Err(invalid(
+                "server.addr",
+                &self.server.addr,
+                "not a HOST:PORT address",
+            ));
         }
         Ok(self)
     }
@@ -444,8 +479,13 @@ pub async fn watch(
     let (changed_tx, mut changed_rx) = tokio::sync::mpsc::channel::<()>(1);
     let file_name = path.file_name().map(|n| n.to_os_string());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // only writes, creations, renames and removals: our own reads would retrigger us
         if let Ok(event) = event
-            && event.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
+            && (event.kind.is_modify() || event.kind.is_create() || event.kind.is_remove())
+            && event
+                .paths
+                .iter()
+                .any(|p| p.file_name().map(|n| n.to_os_string()) == file_name)
         {
             let _ = changed_tx.try_send(());
         }
@@ -529,28 +569,49 @@ mod tests {
     fn embedded_defaults_are_valid() {
         let c = Config::embedded();
         assert_eq!(c.batching.max_batch, 32);
-        assert_eq!(c.threshold(Lang::Da, Label::Threat), c.thresholds.default.threat);
+        assert_eq!(
+            c.threshold(Lang::Da, Label::Threat),
+            c.thresholds.default.threat
+        );
         assert!(c.policy.escalate.contains(Label::Threat));
     }
 
     #[test]
     fn a_partial_file_overrides_only_what_it_names() {
-        let c = parse("[thresholds.da]\nthreat = 0.9\n[limits]\nmax_calls = 5\n", "t").unwrap();
+        let c = parse(
+            "[thresholds.da]\nthreat = 0.9\n[limits]\nmax_calls = 5\n",
+            "t",
+        )
+        .unwrap();
         assert_eq!(c.threshold(Lang::Da, Label::Threat), 0.9);
-        assert_eq!(c.threshold(Lang::Sv, Label::Threat), c.thresholds.default.threat);
+        assert_eq!(
+            c.threshold(Lang::Sv, Label::Threat),
+            c.thresholds.default.threat
+        );
         assert_eq!(c.limits.max_calls, 5);
         assert_eq!(c.limits.subscriber_queue, 64);
     }
 
     #[test]
     fn errors_name_the_key_and_reason() {
-        let err = parse("[thresholds.nb]\nharassment = 1.5\n", "t").unwrap_err().to_string();
-        assert!(err.contains("thresholds.nb.harassment") && err.contains("1.5"), "{err}");
-        let err = parse("[batching]\nmax_batch = 0\n", "t").unwrap_err().to_string();
+        let err = parse("[thresholds.nb]\nharassment = 1.5\n", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("thresholds.nb.harassment") && err.contains("1.5"),
+            "{err}"
+        );
+        let err = parse("[batching]\nmax_batch = 0\n", "t")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("batching.max_batch"), "{err}");
-        let err = parse("[limits]\nmax_callz = 3\n", "t").unwrap_err().to_string();
+        let err = parse("[limits]\nmax_callz = 3\n", "t")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_callz"), "{err}");
-        let err = parse("[policy]\nescalate = [\"threats\"]\n", "t").unwrap_err().to_string();
+        let err = parse("[policy]\nescalate = [\"threats\"]\n", "t")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("threats"), "{err}");
     }
 

@@ -261,7 +261,10 @@ mod tests {
         let set: LabelSet = [Label::Threat, Label::Warning].into_iter().collect();
         assert!(set.contains(Label::Threat) && set.contains(Label::Warning));
         assert!(!set.contains(Label::Profanity));
-        assert_eq!(set.iter().collect::<Vec<_>>(), vec![Label::Threat, Label::Warning]);
+        assert_eq!(
+            set.iter().collect::<Vec<_>>(),
+            vec![Label::Threat, Label::Warning]
+        );
         for label in Label::ALL {
             assert_eq!(Label::parse(label.name()), Some(label));
         }

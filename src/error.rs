@@ -71,7 +71,10 @@ mod tests {
     #[test]
     fn statuses_carry_codes_and_hide_internals() {
         let s: Status = Error::InvalidArgument("text is empty".into()).into();
-        assert_eq!((s.code(), s.message()), (Code::InvalidArgument, "text is empty"));
+        assert_eq!(
+            (s.code(), s.message()),
+            (Code::InvalidArgument, "text is empty")
+        );
         let s: Status = Error::Model("onnx exploded at node 17".into()).into();
         assert_eq!((s.code(), s.message()), (Code::Internal, "internal error"));
         let s: Status = Error::ResourceExhausted("too many calls".into()).into();

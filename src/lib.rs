@@ -35,7 +35,8 @@ pub mod proto {
     #![allow(clippy::all, clippy::pedantic)]
     tonic::include_proto!("callguard.v1");
     /// Served by gRPC reflection so that grpcurl needs no .proto files.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("callguard_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("callguard_descriptor");
 }
 
 use std::path::PathBuf;
@@ -43,11 +44,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic_health::ServingStatus;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic_health::ServingStatus;
 
 use crate::config::Config;
 use crate::scoring::Scorer;
@@ -66,7 +67,34 @@ pub enum RunError {
 
 /// The gRPC service names, for health checking.
 /// The gRPC service names for health checking; "" is the server as a whole.
-pub const SERVICES: [&str; 4] = ["", "callguard.v1.Ingest", "callguard.v1.AlertFeed", "callguard.v1.Scoring"];
+pub const SERVICES: [&str; 4] = [
+    "",
+    "callguard.v1.Ingest",
+    "callguard.v1.AlertFeed",
+    "callguard.v1.Scoring",
+];
+
+/// The shutdown sequence, run when `shutdown` fires: report NOT_SERVING, let every call stream
+/// finish its in-flight final (its alerts are published as it completes), then close the alert
+/// feeds, whose streams end once their queued alerts are read. Bounded by `grace`.
+async fn drain(
+    shutdown: CancellationToken,
+    health: tonic_health::server::HealthReporter,
+    api: api::Api,
+    grace: Duration,
+) {
+    shutdown.cancelled().await;
+    for service in SERVICES {
+        health
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
+    }
+    api.calls.close();
+    if tokio::time::timeout(grace, api.calls.wait()).await.is_err() {
+        tracing::warn!("calls still scoring at the end of the grace period");
+    }
+    api.sessions.alerts().close_all();
+}
 
 /// Serve Callguard on `listener` until `shutdown` fires, then drain and return.
 ///
@@ -91,14 +119,20 @@ pub async fn run(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     for service in SERVICES {
-        health_reporter.set_service_status(service, ServingStatus::NotServing).await;
+        health_reporter
+            .set_service_status(service, ServingStatus::NotServing)
+            .await;
     }
     let model_cfg = cfg.clone();
     let (scorer, worker) = tokio::task::spawn_blocking(move || Scorer::start(&model_cfg))
         .await
         .map_err(|e| RunError::Model(e.to_string()))?
         .map_err(|e| RunError::Model(e.to_string()))?;
-    let sessions = Arc::new(session::Sessions::new(scorer, Arc::new(alerts::AlertHub::new()), config_rx));
+    let sessions = Arc::new(session::Sessions::new(
+        scorer,
+        Arc::new(alerts::AlertHub::new()),
+        config_rx,
+    ));
     tasks.spawn(sessions.clone().run_expiry(shutdown.clone()));
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -114,43 +148,51 @@ pub async fn run(
     let api = api::Api {
         sessions: sessions.clone(),
         shutdown: shutdown.clone(),
+        calls: TaskTracker::new(),
     };
     for service in SERVICES {
-        health_reporter.set_service_status(service, ServingStatus::Serving).await;
+        health_reporter
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
     }
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "callguard serving");
-    let stop = shutdown.clone();
-    let reporter = health_reporter.clone();
-    let alert_hub = sessions.alerts().clone();
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(proto::ingest_server::IngestServer::new(api.clone()))
         .add_service(proto::alert_feed_server::AlertFeedServer::new(api.clone()))
-        .add_service(proto::scoring_server::ScoringServer::new(api))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            stop.cancelled().await;
-            for service in SERVICES {
-                reporter.set_service_status(service, ServingStatus::NotServing).await;
-            }
-            // subscriber streams end once their queued alerts are read
-            alert_hub.close_all();
-        });
-    let served = tokio::spawn(server);
+        .add_service(proto::scoring_server::ScoringServer::new(api.clone()))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            drain(shutdown.clone(), health_reporter, api.clone(), grace),
+        );
+    let mut served = tokio::spawn(server);
     shutdown.cancelled().await;
     tracing::info!(grace_s = grace.as_secs(), "shutting down");
-    match tokio::time::timeout(grace, served).await {
+    // twice the grace: draining calls may take one, closing connections the other
+    match tokio::time::timeout(grace * 2, &mut served).await {
         Ok(Ok(result)) => result?,
         Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
-        Err(_) => tracing::warn!("shutdown grace period over; closing remaining streams"),
+        Err(_) => {
+            tracing::warn!("shutdown grace period over; dropping remaining connections");
+            served.abort();
+            let _ = served.await;
+        }
     }
     tasks.close();
     tasks.wait().await;
-    // the last Scorer handle goes with the sessions; the worker drains its queue and exits
+    // the worker scores what is still queued, then stops
+    let scorer = sessions.scorer().clone();
     drop(sessions);
-    let _ = tokio::task::spawn_blocking(move || worker.join()).await;
+    let joined = tokio::task::spawn_blocking(move || {
+        scorer.stop();
+        worker.join()
+    });
+    if tokio::time::timeout(grace, joined).await.is_err() {
+        tracing::warn!("scoring worker still busy at exit");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -15,7 +15,11 @@ use tokio_util::sync::CancellationToken;
 use callguard::config::{self, Config};
 
 #[derive(Parser)]
-#[command(name = "callguard", version, about = "Real-time abuse, threat and crisis alerts for Nordic contact-centre calls")]
+#[command(
+    name = "callguard",
+    version,
+    about = "Real-time abuse, threat and crisis alerts for Nordic contact-centre calls"
+)]
 struct Args {
     /// Log as JSON lines (for log shippers) instead of text.
     #[arg(long, global = true)]
@@ -94,24 +98,41 @@ fn try_main(args: Args) -> anyhow::Result<ExitCode> {
                 None => cfg.server.addr.parse().context("server.addr")?,
             };
             runtime()?.block_on(async move {
-                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind {addr}"))?;
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("bind {addr}"))?;
                 let shutdown = CancellationToken::new();
                 tokio::spawn(stop_on_signal(shutdown.clone()));
                 callguard::run(cfg, config, listener, shutdown).await?;
                 Ok(ExitCode::SUCCESS)
             })
         }
-        Command::Score { input, output, config } => {
+        Command::Score {
+            input,
+            output,
+            config,
+        } => {
             let cfg = load_config(config.as_deref())?;
-            let reader = BufReader::new(File::open(&input).with_context(|| input.display().to_string())?);
+            let reader =
+                BufReader::new(File::open(&input).with_context(|| input.display().to_string())?);
             let bad = with_output(output.as_deref(), |out| {
                 Ok(callguard::offline::score_jsonl(&cfg, reader, out)?)
             })?;
-            Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+            Ok(if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
-        Command::Replay { input, addr, output, config } => {
+        Command::Replay {
+            input,
+            addr,
+            output,
+            config,
+        } => {
             let cfg = load_config(config.as_deref())?;
-            let reader = BufReader::new(File::open(&input).with_context(|| input.display().to_string())?);
+            let reader =
+                BufReader::new(File::open(&input).with_context(|| input.display().to_string())?);
             let bad = runtime()?.block_on(async move {
                 let shutdown = CancellationToken::new();
                 let (endpoint, server) = match addr {
@@ -120,7 +141,8 @@ fn try_main(args: Args) -> anyhow::Result<ExitCode> {
                     None => {
                         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
                         let endpoint = format!("http://{}", listener.local_addr()?);
-                        let server = tokio::spawn(callguard::run(cfg, None, listener, shutdown.clone()));
+                        let server =
+                            tokio::spawn(callguard::run(cfg, None, listener, shutdown.clone()));
                         (endpoint, Some(server))
                     }
                 };
@@ -134,7 +156,11 @@ fn try_main(args: Args) -> anyhow::Result<ExitCode> {
                 with_output(output.as_deref(), |out| Ok(out.write_all(&buffer)?))?;
                 anyhow::Ok(bad)
             })?;
-            Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+            Ok(if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
     }
 }
@@ -144,14 +170,20 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 /// Run `write` against the output file, or stdout when none is given.
-fn with_output<T>(path: Option<&Path>, write: impl FnOnce(&mut dyn Write) -> anyhow::Result<T>) -> anyhow::Result<T> {
+fn with_output<T>(
+    path: Option<&Path>,
+    write: impl FnOnce(&mut dyn Write) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     match path {
         Some(path) => {
-            let mut out = BufWriter::new(File::create(path).with_context(|| path.display().to_string())?);
+            let mut out =
+                BufWriter::new(File::create(path).with_context(|| path.display().to_string())?);
             let value = write(&mut out)?;
             out.flush()?;
             Ok(value)
@@ -169,15 +201,16 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(err) => {
-                tracing::warn!(error = %err, "no SIGTERM handler");
-                let _ = ctrl_c.await;
-                shutdown.cancel();
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(err) => {
+                    tracing::warn!(error = %err, "no SIGTERM handler");
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

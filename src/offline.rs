@@ -144,7 +144,11 @@ pub fn score_jsonl(
                 lang,
                 speaker,
             } => {
-                let model = if needs_model(cfg, *speaker) { next_raw.next() } else { None };
+                let model = if needs_model(cfg, *speaker) {
+                    next_raw.next()
+                } else {
+                    None
+                };
                 let scored = combine(cfg, *lang, *speaker, model, &lexicon.scan(text), false);
                 output_line(id, &scored)
             }
@@ -174,8 +178,13 @@ mod tests {
             }
             Parsed::Bad { error, .. } => panic!("{error}"),
         }
-        assert!(matches!(parse_line(2, r#"{"id":7,"text":"x","lang":"de"}"#), Parsed::Bad { id, .. } if id == json!(7)));
+        assert!(
+            matches!(parse_line(2, r#"{"id":7,"text":"x","lang":"de"}"#), Parsed::Bad { id, .. } if id == json!(7))
+        );
         assert!(matches!(parse_line(3, "not json"), Parsed::Bad { .. }));
-        assert!(matches!(parse_line(4, r#"{"id":1,"text":"x","speaker":"robot"}"#), Parsed::Bad { .. }));
+        assert!(matches!(
+            parse_line(4, r#"{"id":1,"text":"x","speaker":"robot"}"#),
+            Parsed::Bad { .. }
+        ));
     }
 }

@@ -39,7 +39,9 @@ impl AlertKinds {
     }
 
     pub fn iter(self) -> impl Iterator<Item = AlertKind> {
-        AlertKind::ALL.into_iter().filter(move |k| self.contains(*k))
+        AlertKind::ALL
+            .into_iter()
+            .filter(move |k| self.contains(*k))
     }
 }
 
@@ -51,7 +53,12 @@ pub struct Decision {
 }
 
 /// Apply one scored final utterance to a call.
-pub fn on_final(cfg: &PolicyConfig, flags: CallFlags, speaker: Speaker, labels: LabelSet) -> Decision {
+pub fn on_final(
+    cfg: &PolicyConfig,
+    flags: CallFlags,
+    speaker: Speaker,
+    labels: LabelSet,
+) -> Decision {
     let mut next = flags;
     let mut alerts = AlertKinds::default();
     match speaker {
@@ -142,7 +149,10 @@ mod tests {
             (C, &[Label::Harassment, Label::Profanity]),
             (C, &[Label::Harassment]),
         ]);
-        assert_eq!(alerts, vec![vec![SuggestWarning], vec![], vec![HangUpAllowed], vec![]]);
+        assert_eq!(
+            alerts,
+            vec![vec![SuggestWarning], vec![], vec![HangUpAllowed], vec![]]
+        );
         assert!(flags.hang_up_sent);
     }
 
@@ -176,7 +186,10 @@ mod tests {
 
     #[test]
     fn self_harm_in_the_same_utterance_blocks_hang_up() {
-        let (alerts, _) = run(&[(A, &[Label::Warning]), (C, &[Label::Harassment, Label::SelfHarm])]);
+        let (alerts, _) = run(&[
+            (A, &[Label::Warning]),
+            (C, &[Label::Harassment, Label::SelfHarm]),
+        ]);
         assert_eq!(alerts[1], vec![AcuteProcedure]);
     }
 
@@ -189,7 +202,11 @@ mod tests {
 
     #[test]
     fn harassment_alone_needs_no_debrief() {
-        let (_, flags) = run(&[(C, &[Label::Harassment]), (A, &[Label::Warning]), (C, &[Label::Harassment])]);
+        let (_, flags) = run(&[
+            (C, &[Label::Harassment]),
+            (A, &[Label::Warning]),
+            (C, &[Label::Harassment]),
+        ]);
         assert_eq!(on_end(flags), None);
     }
 

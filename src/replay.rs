@@ -48,12 +48,22 @@ struct Turn {
 
 /// Replay every call of `input` against the server at `endpoint` ("http://HOST:PORT").
 /// Returns how many lines failed.
-pub async fn replay_jsonl(endpoint: &str, input: impl BufRead, mut output: impl Write) -> Result<usize, ReplayError> {
+pub async fn replay_jsonl(
+    endpoint: &str,
+    input: impl BufRead,
+    mut output: impl Write,
+) -> Result<usize, ReplayError> {
     let channel = Channel::from_shared(endpoint.to_string())
-        .map_err(|e| ReplayError::Connect { addr: endpoint.into(), cause: e.to_string() })?
+        .map_err(|e| ReplayError::Connect {
+            addr: endpoint.into(),
+            cause: e.to_string(),
+        })?
         .connect()
         .await
-        .map_err(|e| ReplayError::Connect { addr: endpoint.into(), cause: e.to_string() })?;
+        .map_err(|e| ReplayError::Connect {
+            addr: endpoint.into(),
+            cause: e.to_string(),
+        })?;
     let lines: Vec<String> = input.lines().collect::<Result<_, _>>()?;
     let lines: Vec<(usize, String)> = lines
         .into_iter()
@@ -66,11 +76,15 @@ pub async fn replay_jsonl(endpoint: &str, input: impl BufRead, mut output: impl 
     let mut bad = 0;
     loop {
         while set.len() < CONCURRENT_CALLS {
-            let Some((slot, (number, line))) = pending.next() else { break };
+            let Some((slot, (number, line))) = pending.next() else {
+                break;
+            };
             let channel = channel.clone();
             set.spawn(async move { (slot, replay_line(channel, slot, number + 1, &line).await) });
         }
-        let Some(done) = set.join_next().await else { break };
+        let Some(done) = set.join_next().await else {
+            break;
+        };
         let (slot, result) = done.map_err(std::io::Error::other)?;
         if result.get("error").is_some() {
             bad += 1;
@@ -101,12 +115,18 @@ async fn replay_line(channel: Channel, slot: usize, number: usize, raw: &str) ->
             "call_id": call.call_id,
             "alerts": alerts.iter().map(|(k, t)| json!({"kind": k.name(), "at_turn": t})).collect::<Vec<_>>(),
         }),
-        Err(error) => json!({ "call_id": call.call_id, "error": format!("line {number}: {error}") }),
+        Err(error) => {
+            json!({ "call_id": call.call_id, "error": format!("line {number}: {error}") })
+        }
     }
 }
 
 /// Stream one call and collect its alerts as (kind, turn index), in the order raised.
-async fn play(channel: Channel, slot: usize, call: &CallLine) -> Result<Vec<(AlertKind, usize)>, String> {
+async fn play(
+    channel: Channel,
+    slot: usize,
+    call: &CallLine,
+) -> Result<Vec<(AlertKind, usize)>, String> {
     let shown_id = match &call.call_id {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -131,7 +151,10 @@ async fn play(channel: Channel, slot: usize, call: &CallLine) -> Result<Vec<(Ale
     let agent_id = format!("replay-agent-{slot}");
 
     let mut feed = pb::alert_feed_client::AlertFeedClient::new(channel.clone())
-        .subscribe(pb::SubscribeRequest { agent_id: agent_id.clone(), resume_after: 0 })
+        .subscribe(pb::SubscribeRequest {
+            agent_id: agent_id.clone(),
+            resume_after: 0,
+        })
         .await
         .map_err(|s| format!("subscribe: {}", s.message()))?
         .into_inner();
@@ -155,7 +178,9 @@ async fn play(channel: Channel, slot: usize, call: &CallLine) -> Result<Vec<(Ale
             ..Default::default()
         })));
     }
-    let _ = tx.try_send(event(pb::call_event::Event::End(pb::CallEnd { reason: "replay".into() })));
+    let _ = tx.try_send(event(pb::call_event::Event::End(pb::CallEnd {
+        reason: "replay".into(),
+    })));
     drop(tx);
 
     let mut acks = pb::ingest_client::IngestClient::new(channel)
@@ -185,10 +210,14 @@ async fn play(channel: Channel, slot: usize, call: &CallLine) -> Result<Vec<(Ale
         let item = tokio::time::timeout(ALERT_WAIT, feed.next())
             .await
             .map_err(|_| "timed out waiting for an acknowledged alert".to_string())?;
-        let Some(item) = item else { return Err("alert feed closed early".into()) };
+        let Some(item) = item else {
+            return Err("alert feed closed early".into());
+        };
         let item = item.map_err(|s| s.message().to_string())?;
         if let Some(pb::alert_event::Event::Alert(a)) = item.event {
-            let Some(kind) = AlertKind::parse(&a.kind_name) else { continue };
+            let Some(kind) = AlertKind::parse(&a.kind_name) else {
+                continue;
+            };
             let turn = if kind == AlertKind::Debrief {
                 last_turn
             } else {

@@ -59,8 +59,13 @@ pub struct FinalResult {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
-    Partial { seen: u64 },
-    Final { result: FinalResult, duplicate: bool },
+    Partial {
+        seen: u64,
+    },
+    Final {
+        result: FinalResult,
+        duplicate: bool,
+    },
 }
 
 /// Fixed facts about a call.
@@ -118,7 +123,11 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    pub fn new(scorer: Scorer, alerts: Arc<AlertHub>, config: watch::Receiver<Arc<Config>>) -> Sessions {
+    pub fn new(
+        scorer: Scorer,
+        alerts: Arc<AlertHub>,
+        config: watch::Receiver<Arc<Config>>,
+    ) -> Sessions {
         Sessions {
             calls: DashMap::new(),
             scorer,
@@ -155,12 +164,16 @@ impl Sessions {
             ))
         })?;
         let now = Instant::now();
+        // checked before taking the entry: `len()` locks every shard, the entry holds one
+        let full = self.calls.len() >= cfg.limits.max_calls;
         let call = match self.calls.entry(call_id.clone()) {
             Entry::Occupied(existing) => {
                 let call = existing.get().clone();
                 drop(existing);
                 if !start.resume {
-                    return Err(Error::AlreadyExists(format!("call {call_id} is already open")));
+                    return Err(Error::AlreadyExists(format!(
+                        "call {call_id} is already open"
+                    )));
                 }
                 let mut state = call.state();
                 if state.attached {
@@ -175,9 +188,11 @@ impl Sessions {
             }
             Entry::Vacant(slot) => {
                 if start.resume {
-                    return Err(Error::NotFound(format!("call {call_id} is not known (ended or expired)")));
+                    return Err(Error::NotFound(format!(
+                        "call {call_id} is not known (ended or expired)"
+                    )));
                 }
-                if self.calls.len() >= cfg.limits.max_calls {
+                if full {
                     return Err(Error::ResourceExhausted(format!(
                         "{} calls open (limits.max_calls)",
                         cfg.limits.max_calls
@@ -232,14 +247,17 @@ impl Sessions {
             call.expired.cancel();
             tracing::info!(call_id = %call.meta.call_id, "call expired after idle");
         }
-        self.stats.calls_expired.fetch_add(expired.len() as u64, Ordering::Relaxed);
+        self.stats
+            .calls_expired
+            .fetch_add(expired.len() as u64, Ordering::Relaxed);
         expired.len()
     }
 
     /// Sweep idle calls until `shutdown`.
     pub async fn run_expiry(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
-            let period = (self.config().idle_expiry() / 4).clamp(Duration::from_millis(100), Duration::from_secs(30));
+            let period = (self.config().idle_expiry() / 4)
+                .clamp(Duration::from_millis(100), Duration::from_secs(30));
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(period) => { self.expire_idle(Instant::now()); }
@@ -247,14 +265,26 @@ impl Sessions {
         }
     }
 
-    fn publish(&self, cfg: &Config, meta: &CallMeta, utterance_id: &Arc<str>, kind: AlertKind, scored: Option<(&Scored, &str)>) {
+    fn publish(
+        &self,
+        cfg: &Config,
+        meta: &CallMeta,
+        utterance_id: &Arc<str>,
+        kind: AlertKind,
+        scored: Option<(&Scored, &str)>,
+    ) {
         let (reason, reason_en) = cfg.reason(meta.lang, kind);
         let (labels, evidence) = match scored {
             Some((s, text)) => (
                 s.labels.iter().map(|l| (l, s.scores.get(l))).collect(),
                 s.evidence
                     .iter()
-                    .filter(|e| text.is_char_boundary(e.start) && text.is_char_boundary(e.end) && e.start <= e.end && e.end <= text.len())
+                    .filter(|e| {
+                        text.is_char_boundary(e.start)
+                            && text.is_char_boundary(e.end)
+                            && e.start <= e.end
+                            && e.end <= text.len()
+                    })
                     .map(|e| (e.clone(), text[e.start..e.end].to_string()))
                     .collect(),
             ),
@@ -271,12 +301,15 @@ impl Sessions {
             reason,
             reason_en,
             lang: meta.lang,
-            crisis_line: (kind == AlertKind::AcuteProcedure).then(|| cfg.crisis_lines.get(meta.lang).clone()),
+            crisis_line: (kind == AlertKind::AcuteProcedure)
+                .then(|| cfg.crisis_lines.get(meta.lang).clone()),
             report_to_police: kind == AlertKind::Escalate,
             created_unix_ms: unix_ms(),
             evidence,
         };
-        let sent = self.alerts.publish(alert, cfg.limits.alert_replay_per_agent);
+        let sent = self
+            .alerts
+            .publish(alert, cfg.limits.alert_replay_per_agent);
         self.stats.alerts[kind as usize].fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             call_id = %meta.call_id,
@@ -313,7 +346,9 @@ impl CallHandle {
         let cfg = s.config();
         let id = valid_id("utterance_id", &utt.utterance_id)?;
         if utt.speaker == Speaker::Unknown {
-            return Err(Error::InvalidArgument("speaker must be agent or customer".into()));
+            return Err(Error::InvalidArgument(
+                "speaker must be agent or customer".into(),
+            ));
         }
         if utt.text.len() > cfg.limits.max_text_bytes {
             return Err(Error::InvalidArgument(format!(
@@ -327,10 +362,14 @@ impl CallHandle {
             state.last_activity = Instant::now();
             state.partials += 1;
             s.stats.partials.fetch_add(1, Ordering::Relaxed);
-            return Ok(Outcome::Partial { seen: state.partials });
+            return Ok(Outcome::Partial {
+                seen: state.partials,
+            });
         }
         if utt.text.trim().is_empty() {
-            return Err(Error::InvalidArgument("final utterance text is empty".into()));
+            return Err(Error::InvalidArgument(
+                "final utterance text is empty".into(),
+            ));
         }
         let id: Arc<str> = id.into();
         {
@@ -350,7 +389,10 @@ impl CallHandle {
         }
         let meta = &self.call.meta;
         let text: Arc<str> = utt.text.into();
-        let scored = s.scorer.score(text.clone(), &cfg, meta.lang, utt.speaker).await?;
+        let scored = s
+            .scorer
+            .score(text.clone(), &cfg, meta.lang, utt.speaker)
+            .await?;
         let decision = {
             let mut state = self.call.state();
             let decision = policy::on_final(&cfg.policy, state.flags, utt.speaker, scored.labels);
@@ -431,10 +473,14 @@ fn valid_id<'a>(field: &str, value: &'a str) -> Result<&'a str> {
 
 fn optional_id<'a>(field: &str, value: &'a str) -> Result<&'a str> {
     if value.len() > MAX_ID_BYTES {
-        return Err(Error::InvalidArgument(format!("{field} is longer than {MAX_ID_BYTES} bytes")));
+        return Err(Error::InvalidArgument(format!(
+            "{field} is longer than {MAX_ID_BYTES} bytes"
+        )));
     }
     if value.chars().any(char::is_control) {
-        return Err(Error::InvalidArgument(format!("{field} contains control characters")));
+        return Err(Error::InvalidArgument(format!(
+            "{field} contains control characters"
+        )));
     }
     Ok(value)
 }
@@ -448,5 +494,7 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 fn unix_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

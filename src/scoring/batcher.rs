@@ -17,6 +17,13 @@ use tokio::sync::oneshot;
 use super::model::{Engine, RawScore};
 use crate::config::BatchingConfig;
 
+/// What the queue carries: jobs, then at shutdown one `Stop` after the last of them.
+pub enum Msg {
+    Score(Job),
+    /// Finish what is queued, then return (the server is shutting down).
+    Stop,
+}
+
 /// One final utterance waiting for the model.
 pub struct Job {
     pub text: Arc<str>,
@@ -40,30 +47,35 @@ pub struct Stats {
 }
 
 /// Run the worker on the current thread until every sender is dropped and the queue is drained.
-pub fn run(mut engine: Engine, rx: Receiver<Job>, cfg: BatchingConfig, stats: Arc<Stats>) {
+pub fn run(mut engine: Engine, rx: Receiver<Msg>, cfg: BatchingConfig, stats: Arc<Stats>) {
     let max_wait = Duration::from_millis(cfg.max_wait_ms);
     let mut batch: Vec<Job> = Vec::with_capacity(cfg.max_batch);
     let mut results: Vec<RawScore> = Vec::with_capacity(cfg.max_batch);
     // a job that would have made the last batch too wide opens the next one
     let mut carry: Option<Job> = None;
+    let mut stopping = false;
     loop {
         let first = match carry.take() {
             Some(job) => job,
-            None => match next_live(&rx, None, &stats) {
+            None => match next_live(&rx, None, &stats, &mut stopping) {
                 Next::Job(job) => job,
                 Next::Closed | Next::Timeout => return,
             },
         };
         let deadline = first.enqueued + max_wait;
-        let Some((first, mut longest)) = prepare(&mut engine, 0, first) else { continue };
+        let Some((first, mut longest)) = prepare(&mut engine, 0, first) else {
+            continue;
+        };
         let mut real = longest;
         batch.push(first);
         while batch.len() < cfg.max_batch {
-            let job = match next_live(&rx, Some(deadline), &stats) {
+            let job = match next_live(&rx, Some(deadline), &stats, &mut stopping) {
                 Next::Job(job) => job,
                 Next::Timeout | Next::Closed => break,
             };
-            let Some((job, len)) = prepare(&mut engine, batch.len(), job) else { continue };
+            let Some((job, len)) = prepare(&mut engine, batch.len(), job) else {
+                continue;
+            };
             if longest.max(len) * (batch.len() + 1) > cfg.max_tokens_per_batch {
                 carry = Some(job);
                 break;
@@ -83,13 +95,20 @@ enum Next {
     Closed,
 }
 
-/// The next job whose caller is still waiting, blocking until `deadline` (or forever).
-fn next_live(rx: &Receiver<Job>, deadline: Option<Instant>, stats: &Stats) -> Next {
+/// The next job whose caller is still waiting, blocking until `deadline` (or forever). Once
+/// `Stop` has been seen, it only takes what is already queued.
+fn next_live(
+    rx: &Receiver<Msg>,
+    deadline: Option<Instant>,
+    stats: &Stats,
+    stopping: &mut bool,
+) -> Next {
     loop {
-        let job = match deadline {
-            None => rx.recv().map_err(|_| Next::Closed),
-            Some(deadline) => match rx.try_recv() {
-                Ok(job) => Ok(job),
+        let msg = match (deadline, *stopping) {
+            (_, true) => rx.try_recv().map_err(|_| Next::Closed),
+            (None, false) => rx.recv().map_err(|_| Next::Closed),
+            (Some(deadline), false) => match rx.try_recv() {
+                Ok(msg) => Ok(msg),
                 Err(TryRecvError::Disconnected) => Err(Next::Closed),
                 Err(TryRecvError::Empty) => {
                     let now = Instant::now();
@@ -104,8 +123,8 @@ fn next_live(rx: &Receiver<Job>, deadline: Option<Instant>, stats: &Stats) -> Ne
                 }
             },
         };
-        match job {
-            Ok(job) => {
+        match msg {
+            Ok(Msg::Score(job)) => {
                 stats.queued.fetch_sub(1, Ordering::Relaxed);
                 if job.reply.is_closed() {
                     stats.skipped.fetch_add(1, Ordering::Relaxed);
@@ -113,6 +132,7 @@ fn next_live(rx: &Receiver<Job>, deadline: Option<Instant>, stats: &Stats) -> Ne
                 }
                 return Next::Job(job);
             }
+            Ok(Msg::Stop) => *stopping = true,
             Err(next) => return next,
         }
     }
@@ -138,10 +158,16 @@ fn score_batch(
 ) {
     let started = Instant::now();
     let outcome = engine.run_prepared(batch.len(), results);
-    stats.model_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    stats
+        .model_ns
+        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
     stats.batches.fetch_add(1, Ordering::Relaxed);
-    stats.scored.fetch_add(batch.len() as u64, Ordering::Relaxed);
-    stats.padded_tokens.fetch_add((longest * batch.len()) as u64, Ordering::Relaxed);
+    stats
+        .scored
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    stats
+        .padded_tokens
+        .fetch_add((longest * batch.len()) as u64, Ordering::Relaxed);
     match outcome {
         Ok(()) => {
             for (job, result) in batch.drain(..).zip(results.iter()) {

@@ -16,81 +16,289 @@ use crate::domain::{Label, Lang, Scores};
 /// "skitsnack", "jævlig", "helvedes" and "kukhuvud" are reached by the stems.
 const PROFANITY: &[&str] = &[
     // devil / hell family
-    "jävl*", "javl*", "djävl*", "jævl*", "jävul*", "djävul*", "jäkl*", "jäkel", "jäklar",
-    "faen*", "fanden*", "fandme", "fandeme", "fanme", "fanskap*", "fan", "fy fan", "fan i",
-    "faan", "fæn", "fy faen", "fader'n", "fa'n",
-    "helvet*", "helved*", "satan*", "satme", "sataneme", "fandens*", "forbanna*", "forbandede",
-    "kraftedeme", "kraftedme", "kraft edme", "for pokker", "pokker*",
+    "jävl*",
+    "javl*",
+    "djävl*",
+    "jævl*",
+    "jävul*",
+    "djävul*",
+    "jäkl*",
+    "jäkel",
+    "jäklar",
+    "faen*",
+    "fanden*",
+    "fandme",
+    "fandeme",
+    "fanme",
+    "fanskap*",
+    "fan",
+    "fy fan",
+    "fan i",
+    "faan",
+    "fæn",
+    "fy faen",
+    "fader'n",
+    "fa'n",
+    "helvet*",
+    "helved*",
+    "satan*",
+    "satme",
+    "sataneme",
+    "fandens*",
+    "forbanna*",
+    "forbandede",
+    "kraftedeme",
+    "kraftedme",
+    "kraft edme",
+    "for pokker",
+    "pokker*",
     // excrement
-    "skit*", "dritt*", "drit", "drite*", "dritten", "lort*", "pis", "pisse*", "piss*",
-    "shit*", "bullshit*", "skide*", "skid",
+    "skit*",
+    "dritt*",
+    "drit",
+    "drite*",
+    "dritten",
+    "lort*",
+    "pis",
+    "pisse*",
+    "piss*",
+    "shit*",
+    "bullshit*",
+    "skide*",
+    "skid",
     // sexual and body
-    "kuk*", "fitt*", "fitte*", "fisse*", "pikk*", "pik", "pikken", "pikhoved*", "røv*", "rasshøl*",
-    "ræva", "rævhøl*", "rövhål*", "arsle*", "arsel", "knull*", "kneppe*",
-    "hora", "horor", "horunge*", "hore*", "luder*", "kælling*",
-    "mammaknull*", "morraknull*", "mor knull*",
+    "kuk*",
+    "fitt*",
+    "fitte*",
+    "fisse*",
+    "pikk*",
+    "pik",
+    "pikken",
+    "pikhoved*",
+    "røv*",
+    "rasshøl*",
+    "ræva",
+    "rævhøl*",
+    "rövhål*",
+    "arsle*",
+    "arsel",
+    "knull*",
+    "kneppe*",
+    "hora",
+    "horor",
+    "horunge*",
+    "hore*",
+    "luder*",
+    "kælling*",
+    "mammaknull*",
+    "morraknull*",
+    "mor knull*",
     // English loans that are common in all four
-    "fuck*", "fakk*", "motherfuck*", "bitch*", "bitsj*", "asshole*", "cunt*", "wtf",
+    "fuck*",
+    "fakk*",
+    "motherfuck*",
+    "bitch*",
+    "bitsj*",
+    "asshole*",
+    "cunt*",
+    "wtf",
 ];
 
 /// Stems that look like profanity but are ordinary words; checked before counting a hit.
-const PROFANITY_EXCEPTIONS: &[&str] = &[
-    "horeb*", "pissoar*", "kukkuu", "helvetia", "satanis*",
-];
+const PROFANITY_EXCEPTIONS: &[&str] = &["horeb*", "pissoar*", "kukkuu", "helvetia", "satanis*"];
 
 /// Phrases that end a call in the agent's voice.
 const HANG_UP: &[&str] = &[
     // sv
-    "avsluta* samtalet", "avslutar samtalet", "avslutas", "lägga* på", "lägger på", "lägg på",
-    "koppla* ner samtalet", "bryta* samtalet", "bryter samtalet", "avbryta* samtalet",
-    "avbryter samtalet", "avsluta det här samtalet", "avsluta vårt samtal",
+    "avslut* samtal*",
+    "avslut* jag samtal*",
+    "avslut* det här samtal*",
+    "avslut* vårt samtal*",
+    "lägg* på",
+    "lägger jag på",
+    "bryt* samtal*",
+    "bryter jag samtal*",
+    "avbryt* samtal*",
+    "avbryter jag samtal*",
+    "koppla* bort dig",
+    "koppla* ner samtal*",
     // nb / nn
-    "avslutt* samtalen", "avslutte* samtalen", "avsluttar samtalen", "avslutt* denne samtalen",
-    "legge* på", "legg på", "legg* eg på", "legger jeg på", "bryte* samtalen", "bryt* samtalen",
-    "avbryte* samtalen", "avbryt* samtalen", "avslutte samtala", "avslutte samtalet",
+    "avslutt* samtal*",
+    "avslutt* jeg samtal*",
+    "avslutt* eg samtal*",
+    "avslutt* denne samtal*",
+    "avslutt* den her samtal*",
+    "avslutt* vår samtal*",
+    "legg* på",
+    "legger jeg på",
+    "legg eg på",
+    "bryt* samtal*",
+    "bryt* eg samtal*",
+    "bryt* jeg samtal*",
+    "avbryt* samtal*",
     // da
-    "afslut* samtalen", "afslutte* samtalen", "afslutter samtalen", "lægge* på", "lægger på",
-    "læg på", "lægger jeg på", "afbryde* samtalen", "afbryder samtalen", "stoppe samtalen",
+    "afslut* samtal*",
+    "afslut* jeg samtal*",
+    "afslut* denne samtal*",
+    "afslut* vores samtal*",
+    "lægg* på",
+    "lægger jeg på",
+    "læg* røret på",
+    "afbryd* samtal*",
+    "afbryder jeg samtal*",
+    "stopp* samtal*",
+    "stopp* eg samtal*",
+    "stopp* jeg samtal*",
 ];
 
 /// The conditional or formal-warning cue that makes a hang-up phrase a warning.
 const WARNING_CUE: &[&str] = &[
-    "om du", "ifall du", "om ni", "hvis du", "hvis De", "dersom du", "viss du", "vis du",
-    "om de", "varning*", "varnar", "varna", "advarsel*", "advarer", "advare", "åtvaring*",
-    "åtvarar", "åtvare", "sista gången", "siste gang", "sidste gang", "siste gongen",
-    "en gång till", "en gang til", "ein gong til", "en gang til", "en gång till",
+    "om du",
+    "ifall du",
+    "om ni",
+    "hvis du",
+    "hvis De",
+    "dersom du",
+    "viss du",
+    "vis du",
+    "om de",
+    "varning*",
+    "varnar",
+    "varna",
+    "advarsel*",
+    "advarer",
+    "advare",
+    "åtvaring*",
+    "åtvarar",
+    "åtvare",
+    "sista gången",
+    "siste gang",
+    "sidste gang",
+    "siste gongen",
+    "en gång till",
+    "en gang til",
+    "ein gong til",
+    "en gang til",
+    "en gång till",
 ];
 
 /// High-precision threat phrases (fallback only).
 const THREAT: &[&str] = &[
-    "vet var du bor", "vet vart du bor", "vet hvor du bor", "veit kor du bur", "veit kvar du bur",
-    "ved hvor du bor", "döda dig", "döda er", "drepe deg", "drepe dere", "drepe dykk", "dreper deg",
-    "slå ihjäl dig", "slå dig ihjäl", "slå deg i hjel", "slå dig ihjel", "slå ihjel",
-    "skjuta dig", "skjuta er", "skyte deg", "skyte dere", "skyde dig", "skyde jer",
-    "bränna ner kontoret", "brenne ned kontoret", "brænde kontoret ned",
-    "knivhugg*", "stikke deg", "stikke dig", "hugga dig", "mörda dig", "myrde dig",
-    "myrde deg", "få se hva som skjer", "få se vad som händer", "spränga kontoret",
-    "sprenge kontoret", "sprænge kontoret", "bomb i", "bombe i",
+    "vet var du bor",
+    "vet vart du bor",
+    "vet hvor du bor",
+    "veit kor du bur",
+    "veit kvar du bur",
+    "ved hvor du bor",
+    "döda dig",
+    "döda er",
+    "drepe deg",
+    "drepe dere",
+    "drepe dykk",
+    "dreper deg",
+    "slå ihjäl dig",
+    "slå dig ihjäl",
+    "slå deg i hjel",
+    "slå dig ihjel",
+    "slå ihjel",
+    "skjuta dig",
+    "skjuta er",
+    "skyte deg",
+    "skyte dere",
+    "skyde dig",
+    "skyde jer",
+    "bränna ner kontoret",
+    "brenne ned kontoret",
+    "brænde kontoret ned",
+    "knivhugg*",
+    "stikke deg",
+    "stikke dig",
+    "hugga dig",
+    "mörda dig",
+    "myrde dig",
+    "myrde deg",
+    "få se hva som skjer",
+    "få se vad som händer",
+    "spränga kontoret",
+    "sprenge kontoret",
+    "sprænge kontoret",
+    "bomb i",
+    "bombe i",
 ];
 
 /// High-precision personal-abuse phrases (fallback only).
 const HARASSMENT: &[&str] = &[
-    "din idiot", "du er en idiot", "du är en idiot", "du er ein idiot", "din jävla", "din jævla",
-    "din satans", "din forbandede", "dumma hora", "din hora", "din hore", "ditt luder", "dit luder",
-    "kælling", "hora", "fitta", "fitte", "dra åt helvete", "dra til helvete",
-    "gå ad helvede til", "gå og dø", "gå å dø", "gå och dö", "ta livet av dig", "kill yourself",
-    "hoppas du dör", "håper du dør", "håber du dør", "dumme kuk", "ditt fe", "din dumme",
-    "ditt svin", "dit svin", "dumskalle", "pucko", "mongo", "efterbliven", "retard*",
+    "din idiot",
+    "du er en idiot",
+    "du är en idiot",
+    "du er ein idiot",
+    "din jävla",
+    "din jævla",
+    "din satans",
+    "din forbandede",
+    "dumma hora",
+    "din hora",
+    "din hore",
+    "ditt luder",
+    "dit luder",
+    "kælling",
+    "hora",
+    "fitta",
+    "fitte",
+    "dra åt helvete",
+    "dra til helvete",
+    "gå ad helvede til",
+    "gå og dø",
+    "gå å dø",
+    "gå och dö",
+    "ta livet av dig",
+    "kill yourself",
+    "hoppas du dör",
+    "håper du dør",
+    "håber du dør",
+    "dumme kuk",
+    "ditt fe",
+    "din dumme",
+    "ditt svin",
+    "dit svin",
+    "dumskalle",
+    "pucko",
+    "mongo",
+    "efterbliven",
+    "retard*",
 ];
 
 /// High-precision self-harm phrases (fallback only).
 const SELF_HARM: &[&str] = &[
-    "ta livet av mig", "ta mitt liv", "ta livet mitt", "ta livet av meg", "tage mit liv",
-    "tage livet af mig", "ta livet mitt", "ta livet av meg sjølv", "slå mig ihjäl", "ta selvmord",
-    "begå självmord", "begå selvmord", "ta sjølvmord", "tar selvmord", "vil ikke leve",
-    "vill inte leva", "vil ikkje leve", "orkar inte leva", "orker ikke å leve", "gider ikke leve",
-    "hoppa framför", "hoppe foran", "springe ut", "hænge mig", "henge meg", "hänga mig",
-    "sjølvmord", "självmord", "selvmord",
+    "ta livet av mig",
+    "ta mitt liv",
+    "ta livet mitt",
+    "ta livet av meg",
+    "tage mit liv",
+    "tage livet af mig",
+    "ta livet mitt",
+    "ta livet av meg sjølv",
+    "slå mig ihjäl",
+    "ta selvmord",
+    "begå självmord",
+    "begå selvmord",
+    "ta sjølvmord",
+    "tar selvmord",
+    "vil ikke leve",
+    "vill inte leva",
+    "vil ikkje leve",
+    "orkar inte leva",
+    "orker ikke å leve",
+    "gider ikke leve",
+    "hoppa framför",
+    "hoppe foran",
+    "springe ut",
+    "hænge mig",
+    "henge meg",
+    "hänga mig",
+    "sjølvmord",
+    "självmord",
+    "selvmord",
 ];
 
 /// Compiled patterns for every label.
@@ -115,7 +323,9 @@ impl Hits {
 
     /// 1.0 for each label that hit, else 0.0.
     pub fn scores(&self) -> Scores {
-        Scores(std::array::from_fn(|i| if self.0[i].is_some() { 1.0 } else { 0.0 }))
+        Scores(std::array::from_fn(|i| {
+            if self.0[i].is_some() { 1.0 } else { 0.0 }
+        }))
     }
 }
 
@@ -159,7 +369,10 @@ impl Lexicon {
     fn warning(&self, text: &str) -> Option<(usize, usize)> {
         let end_call = self.hang_up.find(text)?;
         let cue = self.warning_cue.find(text)?;
-        Some((cue.start().min(end_call.start()), cue.end().max(end_call.end())))
+        Some((
+            cue.start().min(end_call.start()),
+            cue.end().max(end_call.end()),
+        ))
     }
 }
 
@@ -185,20 +398,62 @@ fn compile(entries: &[&str]) -> Regex {
 
 /// Words that tell the four varieties apart in short speech: (word, weights for sv, nb, nn, da).
 const LANGUAGE_MARKERS: &[(&str, [i8; 4])] = &[
-    ("jag", [3, 0, 0, 0]), ("inte", [3, 0, 0, 0]), ("och", [2, 0, 0, 0]), ("är", [3, 0, 0, 0]),
-    ("vad", [2, 0, 0, 0]), ("hur", [2, 0, 0, 0]), ("också", [2, 0, 0, 0]), ("skulle", [1, 1, 0, 1]),
-    ("jeg", [0, 2, 0, 2]), ("ikke", [0, 2, 0, 2]), ("og", [0, 1, 1, 1]), ("er", [0, 1, 1, 1]),
-    ("meg", [0, 3, 1, 0]), ("deg", [0, 3, 1, 0]), ("mig", [1, 0, 0, 2]), ("dig", [1, 0, 0, 2]),
-    ("hva", [0, 2, 0, 1]), ("hvad", [0, 0, 0, 3]), ("av", [1, 2, 1, 0]), ("af", [0, 0, 0, 3]),
-    ("etter", [0, 2, 1, 0]), ("efter", [1, 0, 0, 2]), ("noen", [0, 3, 0, 0]), ("nogen", [0, 0, 0, 3]),
-    ("sånn", [0, 2, 0, 0]), ("sådan", [0, 0, 0, 3]), ("sådär", [3, 0, 0, 0]), ("ikkje", [0, 0, 4, 0]),
-    ("eg", [0, 0, 4, 0]), ("kva", [0, 0, 4, 0]), ("korleis", [0, 0, 4, 0]), ("berre", [0, 0, 4, 0]),
-    ("noko", [0, 0, 4, 0]), ("ein", [0, 0, 3, 0]), ("eit", [0, 0, 3, 0]), ("frå", [0, 0, 4, 0]),
-    ("heime", [0, 0, 3, 0]), ("dykk", [0, 0, 4, 0]), ("kvifor", [0, 0, 4, 0]), ("då", [1, 0, 2, 0]),
-    ("nå", [0, 2, 0, 1]), ("nu", [1, 0, 0, 2]), ("no", [0, 0, 2, 0]), ("bare", [0, 2, 0, 2]),
-    ("bara", [3, 0, 0, 0]), ("kanskje", [0, 2, 2, 0]), ("kanske", [3, 0, 0, 0]), ("måske", [0, 0, 0, 3]),
-    ("hvorfor", [0, 2, 0, 2]), ("varför", [3, 0, 0, 0]), ("være", [0, 1, 1, 1]), ("vara", [2, 0, 0, 0]),
-    ("gjøre", [0, 2, 0, 1]), ("gjere", [0, 0, 4, 0]), ("gøre", [0, 0, 0, 3]), ("göra", [3, 0, 0, 0]),
+    ("jag", [3, 0, 0, 0]),
+    ("inte", [3, 0, 0, 0]),
+    ("och", [2, 0, 0, 0]),
+    ("är", [3, 0, 0, 0]),
+    ("vad", [2, 0, 0, 0]),
+    ("hur", [2, 0, 0, 0]),
+    ("också", [2, 0, 0, 0]),
+    ("skulle", [1, 1, 0, 1]),
+    ("jeg", [0, 2, 0, 2]),
+    ("ikke", [0, 2, 0, 2]),
+    ("og", [0, 1, 1, 1]),
+    ("er", [0, 1, 1, 1]),
+    ("meg", [0, 3, 1, 0]),
+    ("deg", [0, 3, 1, 0]),
+    ("mig", [1, 0, 0, 2]),
+    ("dig", [1, 0, 0, 2]),
+    ("hva", [0, 2, 0, 1]),
+    ("hvad", [0, 0, 0, 3]),
+    ("av", [1, 2, 1, 0]),
+    ("af", [0, 0, 0, 3]),
+    ("etter", [0, 2, 1, 0]),
+    ("efter", [1, 0, 0, 2]),
+    ("noen", [0, 3, 0, 0]),
+    ("nogen", [0, 0, 0, 3]),
+    ("sånn", [0, 2, 0, 0]),
+    ("sådan", [0, 0, 0, 3]),
+    ("sådär", [3, 0, 0, 0]),
+    ("ikkje", [0, 0, 4, 0]),
+    ("eg", [0, 0, 4, 0]),
+    ("kva", [0, 0, 4, 0]),
+    ("korleis", [0, 0, 4, 0]),
+    ("berre", [0, 0, 4, 0]),
+    ("noko", [0, 0, 4, 0]),
+    ("ein", [0, 0, 3, 0]),
+    ("eit", [0, 0, 3, 0]),
+    ("frå", [0, 0, 4, 0]),
+    ("heime", [0, 0, 3, 0]),
+    ("dykk", [0, 0, 4, 0]),
+    ("kvifor", [0, 0, 4, 0]),
+    ("då", [1, 0, 2, 0]),
+    ("nå", [0, 2, 0, 1]),
+    ("nu", [1, 0, 0, 2]),
+    ("no", [0, 0, 2, 0]),
+    ("bare", [0, 2, 0, 2]),
+    ("bara", [3, 0, 0, 0]),
+    ("kanskje", [0, 2, 2, 0]),
+    ("kanske", [3, 0, 0, 0]),
+    ("måske", [0, 0, 0, 3]),
+    ("hvorfor", [0, 2, 0, 2]),
+    ("varför", [3, 0, 0, 0]),
+    ("være", [0, 1, 1, 1]),
+    ("vara", [2, 0, 0, 0]),
+    ("gjøre", [0, 2, 0, 1]),
+    ("gjere", [0, 0, 4, 0]),
+    ("gøre", [0, 0, 0, 3]),
+    ("göra", [3, 0, 0, 0]),
 ];
 
 /// Guess the variety of an utterance when the caller gave none (`callguard score`, `Score`).
@@ -217,7 +472,10 @@ pub fn guess_language(text: &str) -> Lang {
             _ => {}
         }
     }
-    for word in text.split(|c: char| !c.is_alphabetic()).filter(|w| !w.is_empty()) {
+    for word in text
+        .split(|c: char| !c.is_alphabetic())
+        .filter(|w| !w.is_empty())
+    {
         let lower = word.to_lowercase();
         if let Some((_, weights)) = LANGUAGE_MARKERS.iter().find(|(w, _)| *w == lower) {
             for (s, w) in score.iter_mut().zip(weights) {
@@ -225,7 +483,9 @@ pub fn guess_language(text: &str) -> Lang {
             }
         }
     }
-    let best = (0..4).max_by_key(|&i| (score[i], std::cmp::Reverse(i))).unwrap_or(0);
+    let best = (0..4)
+        .max_by_key(|&i| (score[i], std::cmp::Reverse(i)))
+        .unwrap_or(0);
     [Lang::Sv, Lang::Nb, Lang::Nn, Lang::Da][best]
 }
 
@@ -235,7 +495,11 @@ mod tests {
 
     fn labels(text: &str) -> Vec<&'static str> {
         let hits = Lexicon::builtin().scan(text);
-        Label::ALL.into_iter().filter(|l| hits.get(*l).is_some()).map(Label::name).collect()
+        Label::ALL
+            .into_iter()
+            .filter(|l| hits.get(*l).is_some())
+            .map(Label::name)
+            .collect()
     }
 
     #[test]
@@ -264,15 +528,25 @@ mod tests {
             "skidorna kom bort på tåget",
             "ho sat og venta",
         ] {
-            assert!(!labels(text).contains(&"profanity"), "{text}: {:?}", labels(text));
+            assert!(
+                !labels(text).contains(&"profanity"),
+                "{text}: {:?}",
+                labels(text)
+            );
         }
     }
 
     #[test]
     fn warnings_need_a_condition_and_a_hang_up() {
-        assert!(labels("om du fortsätter prata så till mig kommer jag att avsluta samtalet").contains(&"warning"));
+        assert!(
+            labels("om du fortsätter prata så till mig kommer jag att avsluta samtalet")
+                .contains(&"warning")
+        );
         assert!(labels("hvis du fortsætter sådan lægger jeg på").contains(&"warning"));
-        assert!(labels("viss du held fram med å snakke slik til meg, avsluttar eg samtalen").contains(&"warning"));
+        assert!(
+            labels("viss du held fram med å snakke slik til meg, avsluttar eg samtalen")
+                .contains(&"warning")
+        );
         assert!(labels("dette er siste advarsel, neste gang legger jeg på").contains(&"warning"));
         assert!(!labels("jag lägger på nu och skickar ett mejl, hej då").contains(&"warning"));
         assert!(!labels("om du vill kan jag ringa upp dig imorgon").contains(&"warning"));
@@ -281,9 +555,18 @@ mod tests {
     #[test]
     fn languages_are_told_apart() {
         assert_eq!(guess_language("jag har inte fått mitt paket"), Lang::Sv);
-        assert_eq!(guess_language("jeg har ikke fått pakken min ennå"), Lang::Nb);
-        assert_eq!(guess_language("eg har ikkje fått pakken min enno"), Lang::Nn);
-        assert_eq!(guess_language("jeg har ikke fået min pakke endnu, hvad sker der"), Lang::Da);
+        assert_eq!(
+            guess_language("jeg har ikke fått pakken min ennå"),
+            Lang::Nb
+        );
+        assert_eq!(
+            guess_language("eg har ikkje fått pakken min enno"),
+            Lang::Nn
+        );
+        assert_eq!(
+            guess_language("jeg har ikke fået min pakke endnu, hvad sker der"),
+            Lang::Da
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use crate::config::{Config, Source};
 use crate::domain::{Evidence, EvidenceSource, Label, LabelSet, Lang, Scores, Speaker};
 use crate::error::{Error, Result};
-use batcher::{Job, Stats};
+use batcher::{Job, Msg, Stats};
 use lexicon::{Hits, Lexicon};
 use model::{Engine, RawScore};
 
@@ -40,7 +40,7 @@ pub struct Scored {
 #[derive(Clone)]
 pub struct Scorer {
     /// Bounded queue to the worker thread; full means overload (lexicon fallback).
-    tx: SyncSender<Job>,
+    tx: SyncSender<Msg>,
     lexicon: &'static Lexicon,
     stats: Arc<Stats>,
 }
@@ -70,8 +70,20 @@ impl Scorer {
         &self.stats
     }
 
+    /// Ask the worker to finish what is queued and stop (shutdown). Blocks while the queue is
+    /// full, so call it from a blocking context.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop);
+    }
+
     /// Score one utterance under the config snapshot `cfg`.
-    pub async fn score(&self, text: Arc<str>, cfg: &Config, lang: Lang, speaker: Speaker) -> Result<Scored> {
+    pub async fn score(
+        &self,
+        text: Arc<str>,
+        cfg: &Config,
+        lang: Lang,
+        speaker: Speaker,
+    ) -> Result<Scored> {
         let hits = self.lexicon.scan(&text);
         if !needs_model(cfg, speaker) {
             return Ok(combine(cfg, lang, speaker, None, &hits, false));
@@ -82,7 +94,7 @@ impl Scorer {
             enqueued: Instant::now(),
             reply,
         };
-        match self.tx.try_send(job) {
+        match self.tx.try_send(Msg::Score(job)) {
             Ok(()) => {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
@@ -140,7 +152,9 @@ pub fn combine(
     let evidence = labels
         .iter()
         .filter_map(|label| {
-            let lex = hits.get(label).map(|(s, e)| (s, e, EvidenceSource::Lexicon));
+            let lex = hits
+                .get(label)
+                .map(|(s, e)| (s, e, EvidenceSource::Lexicon));
             let model = raw
                 .and_then(|r| r.spans[label.index()])
                 .map(|(s, e)| (s as usize, e as usize, EvidenceSource::Model));

