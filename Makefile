@@ -29,13 +29,18 @@ build:
 corpus:
 	python3 models/data/build_corpus.py
 
-## train: retrain the head from models/data and retune thresholds (minutes on 2 cores)
+## train: rebuild the corpus split, fine-tune the top layers + head, retune thresholds
+##        (about 15 minutes on 2 cores, plus a one-time ~5 GB torch install)
+TRAIN_PY := models/build/train-venv/bin/python
 train: corpus
 	./models/build.sh || test $$? -eq 3
-	$(PY) models/train.py
+	test -x $(TRAIN_PY) || python3 -m venv models/build/train-venv
+	$(TRAIN_PY) -m pip install --quiet --disable-pip-version-check -r models/requirements-train.txt
+	$(TRAIN_PY) models/train.py
 	./models/build.sh
 	$(CARGO) build --release
 	$(PY) models/tune.py --write
+	$(CARGO) build --release
 
 ## eval: dev-set figures for the served model and the two baselines
 eval: corpus model build

@@ -6,11 +6,13 @@ has contrib ops that consume exactly this kind of block quantisation, so the wei
 over bit for bit instead of being dequantised and requantised:
 
 - word embeddings  -> com.microsoft.GatherBlockQuantized (4-bit, block 32)
-- every linear     -> com.microsoft.MatMulNBits (4-bit, block 32, accuracy_level 4)
+- every linear     -> int8 weights per output channel and int8 activations with a scale per
+                      row (token), via MatMulIntegerToFloat (`--weights q4` keeps the source
+                      4-bit blocks with MatMulNBits instead: exact, but slower here)
 
-accuracy_level 4 quantises activations to int8 per block of each row, so a row's result does not
-depend on the other rows of the batch (dynamic per-tensor int8 would make an utterance's scores
-depend on its batch neighbours). The graph returns the mean-pooled, L2-normalised sentence
+Per-row activation scales make a row's result independent of the other rows of the batch
+(dynamic per-tensor int8 would make an utterance's scores depend on its batch neighbours).
+Layers fine-tuned by models/train.py (stored in the head file) replace the base layers. The graph returns the mean-pooled, L2-normalised sentence
 embedding ("embedding", [B, 384]) and, when a trained head is merged, the sigmoid label
 probabilities ("scores", [B, labels]).
 
@@ -116,6 +118,7 @@ class Graph:
         self.weights = weights  # how linears are stored: rowint8 (served), q4 or fp32 (references)
         self.consts = {}
         self.row_quant = {}  # activation name -> its per-row quantisation (shared by consumers)
+        self.tuned = {}  # fine-tuned tensors by name, from the head file
 
     def const(self, key, array):
         """A shared constant initializer (axes, shapes, scalars)."""
@@ -143,6 +146,13 @@ class Graph:
 
 def linear(g, x, tensors, prefix, out_dim, in_dim):
     """x @ W^T (the bias is returned for the consumer op to fuse)."""
+    if prefix + ".w" in g.tuned:
+        # a fine-tuned layer from the head file: float weights, so int8 rows (or fp32)
+        w = g.tuned[prefix + ".w"].astype(np.float32).T
+        bias = g.init(prefix + ".b", g.tuned[prefix + ".b"].astype(np.float32))
+        if g.weights == "fp32":
+            return g.op("MatMul", [x, g.init(prefix + ".w", w.copy())], prefix), bias
+        return rowint8_matmul(g, x, w, prefix), bias
     nibbles, scales = q4_blocks(tensors, prefix + ".w", out_dim, in_dim)
     bias = g.init(prefix + ".b", f32(tensors, prefix + ".b"))
     w = dequant(nibbles, scales).T  # [in, out]
@@ -208,13 +218,18 @@ def residual_ln(g, y, bias, skip, tensors, prefix, eps):
     """LayerNorm(y + bias + skip). Plain ops: ORT's CPU SkipLayerNormalization measured ~5x
     slower here than Add + LayerNormalization on the same shapes."""
     summed = g.op("Add", [g.op("Add", [y, bias], prefix + ".biased"), skip], prefix + ".res")
-    return g.op("LayerNormalization", [summed, g.init(prefix + ".w", f32(tensors, prefix + ".w")),
-                                       g.init(prefix + ".b", f32(tensors, prefix + ".b"))],
+    if prefix + ".w" in g.tuned:
+        w, b = (g.tuned[prefix + k].astype(np.float32) for k in (".w", ".b"))
+    else:
+        w, b = f32(tensors, prefix + ".w"), f32(tensors, prefix + ".b")
+    return g.op("LayerNormalization", [summed, g.init(prefix + ".w", w), g.init(prefix + ".b", b)],
                 prefix, axis=-1, epsilon=eps)
 
 
 def build_encoder(hp, tensors, head, weights="rowint8"):
     g = Graph(weights)
+    # layers fine-tuned by models/train.py replace the base weights of the same name
+    g.tuned = {k: v for k, v in (head or {}).items() if k.startswith("l") and "." in k}
     H, eps = hp["hidden"], hp["eps"]
     ids_in = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])
     mask_in = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "seq"])

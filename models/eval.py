@@ -18,21 +18,21 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import metrics  # noqa: E402
-import train  # noqa: E402
+import features  # noqa: E402
 from metrics import LABELS, LANGS  # noqa: E402
 
 LEXICON_ONLY = "[scoring]\n" + "".join(f'{l} = "lexicon"\n' for l in LABELS)
 
 
 def logreg_baseline(dev):
-    tr = train.read("train")
-    enc = train.encoder_path()
-    xtr = train.embed(tr, "train-" + train.sha(enc, os.path.join(train.HERE, "data", "train.jsonl")))
-    xdv = train.embed(dev, "dev-" + train.sha(enc, os.path.join(train.HERE, "data", "dev.jsonl")))
+    tr = features.read("train")
+    enc = features.encoder_path()
+    xtr = features.embed(tr, "train-" + features.sha(enc, os.path.join(features.HERE, "data", "train.jsonl")))
+    xdv = features.embed(dev, "dev-" + features.sha(enc, os.path.join(features.HERE, "data", "dev.jsonl")))
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
-    w, b = train.train_logreg((xtr - mu) / sd, train.targets(tr))
-    prob = train.sigmoid(((xdv - mu) / sd) @ w + b)
-    mask = train.speaker_mask(dev)
+    w, b = features.train_logreg((xtr - mu) / sd, features.targets(tr))
+    prob = features.sigmoid(((xdv - mu) / sd) @ w + b)
+    mask = features.speaker_mask(dev)
     return [{l for j, l in enumerate(LABELS) if prob[i, j] >= 0.5 and mask[i, j]} for i in range(len(dev))]
 
 
@@ -71,7 +71,7 @@ def main():
     if args.card:
         path = os.path.join(metrics.HERE, "MODEL_CARD.md")
         text = open(path, encoding="utf-8").read()
-        new, n = re.subn(r"(<!-- EVAL -->\n).*?(\n<!-- /EVAL -->)", lambda m: m.group(1) + summary + m.group(2),
+        new, n = re.subn(r"(<!-- EVAL -->\n).*?(<!-- /EVAL -->)", lambda m: m.group(1) + summary + "\n" + m.group(2),
                          text, flags=re.S)
         if n != 1:
             raise SystemExit(f"no EVAL markers in {path}")

@@ -1,54 +1,69 @@
 #!/usr/bin/env python3
-"""Train Callguard's classification head on the frozen multilingual-e5-small encoder.
+"""Train Callguard's classifier: fine-tune the top layers of multilingual-e5-small + a head.
 
-Steps (each cached under models/work/ by input hash):
-1. build the encoder-only ONNX (models/convert.py, no head) from the pinned E5S1 weights;
-2. embed models/data/train.jsonl and dev.jsonl with it (the same int8 graph the service runs,
-   so the head learns on exactly the features it will see);
-3. train the head: standardise, one hidden ReLU layer, five sigmoid outputs, BCE with
-   pos_weight sqrt(neg/pos), Adam with weight decay, fixed seed; standardisation is folded
-   into the first layer;
-4. print dev F1 at 0.5 beside the frozen-encoder logistic-regression baseline;
-5. write models/head.npz (small: ~400 KB).
+The encoder is rebuilt in PyTorch from the same pinned E5S1 weights the service converts
+(models/convert.py reads them), so training starts from exactly the served base model.
 
-Thresholds are tuned afterwards on the served scores by models/tune.py.
-Usage: train.py [--hidden 256] [--epochs 60] [--seed 13]
+1. The bottom (12 - top) layers stay frozen: their outputs for every train/dev line are computed
+   once and cached in memory, so each epoch runs only the top layers.
+2. The top `--top` layers and the head (standardise -> 256 ReLU -> 5 sigmoid) train with AdamW
+   (lr 1e-4 for layers, 1e-3 for the head, one-cycle schedule), BCE with pos_weight
+   sqrt(neg/pos), batches of 32 lines of similar length, fixed seeds.
+   `--top 0` trains the head alone on the frozen encoder (the comparison the model card reports).
+3. Dev F1 per label at 0.5 is printed after every epoch (the model alone, no lexicon).
+4. models/head.npz gets the head (standardisation folded into its first layer) and, for
+   `--top > 0`, the fine-tuned layers in fp16. models/build.sh merges both into the ONNX graph.
+
+Thresholds are tuned afterwards on the served scores by models/tune.py (`make train` runs all).
 """
 import argparse
-import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-BUILD = os.path.join(HERE, "build")
-WORK = os.path.join(HERE, "work")
+sys.path.insert(0, HERE)
+from convert import dequant, f32, q4_blocks, read_e5s1  # noqa: E402
+
 LABELS = ["threat", "harassment", "profanity", "self_harm", "warning"]
 MAX_TOKENS = 128
+LINEARS = ["q", "k", "v", "ao", "fi", "fo"]
+NORMS = ["aln", "oln"]
 
 
-def sha(*paths):
-    h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as fh:
-            h.update(fh.read())
-    return h.hexdigest()[:16]
+class Layer(nn.Module):
+    """One post-LayerNorm BERT layer, initialised from the E5S1 tensors of layer `index`."""
 
+    def __init__(self, hp, tensors, index):
+        super().__init__()
+        h, ffn = hp["hidden"], hp["ffn"]
+        self.heads = hp["heads"]
+        shapes = {"q": (h, h), "k": (h, h), "v": (h, h), "ao": (h, h), "fi": (ffn, h), "fo": (h, ffn)}
+        for name, (out_dim, in_dim) in shapes.items():
+            lin = nn.Linear(in_dim, out_dim)
+            nib, scale = q4_blocks(tensors, f"l{index}.{name}.w", out_dim, in_dim)
+            lin.weight.data = torch.tensor(dequant(nib, scale))
+            lin.bias.data = torch.tensor(f32(tensors, f"l{index}.{name}.b"))
+            setattr(self, name, lin)
+        for name in NORMS:
+            norm = nn.LayerNorm(h, eps=hp["eps"])
+            norm.weight.data = torch.tensor(f32(tensors, f"l{index}.{name}.w"))
+            norm.bias.data = torch.tensor(f32(tensors, f"l{index}.{name}.b"))
+            setattr(self, name, norm)
 
-def encoder_path():
-    """The encoder without a head, rebuilt when convert.py or the weights change."""
-    src = os.path.join(BUILD, "e5-small-q4.bin")
-    if not os.path.exists(src):
-        raise SystemExit("run models/build.sh first (it fetches the base weights)")
-    out = os.path.join(WORK, f"encoder-{sha(src, os.path.join(HERE, 'convert.py'))}.onnx")
-    if not os.path.exists(out):
-        subprocess.run([sys.executable, os.path.join(HERE, "convert.py"), src, out], check=True)
-    return out
+    def forward(self, x, mask):
+        b, t, h = x.shape
+        split = lambda y: y.view(b, t, self.heads, h // self.heads).transpose(1, 2)  # noqa: E731
+        att = F.scaled_dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)),
+                                             attn_mask=mask[:, None, None, :].bool())
+        x = self.aln(x + self.ao(att.transpose(1, 2).reshape(b, t, h)))
+        return self.oln(x + self.fo(F.gelu(self.fi(x))))
 
 
 def read(split):
@@ -56,171 +71,151 @@ def read(split):
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def embed(rows, cache_key):
-    """Mean-pooled, L2-normalised sentence embeddings, cached."""
-    path = os.path.join(WORK, f"emb-{cache_key}.npy")
-    if os.path.exists(path):
-        return np.load(path)
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(os.path.join(BUILD, "tokenizer.json"))
-    tok.enable_truncation(MAX_TOKENS)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = os.cpu_count() or 2
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(encoder_path(), opts, providers=["CPUExecutionProvider"])
-    texts = [r["text"] for r in rows]
-    order = np.argsort([len(t) for t in texts])
-    out = np.zeros((len(texts), 384), np.float32)
-    started = time.time()
-    for i in range(0, len(texts), 64):
-        idx = order[i : i + 64]
-        enc = tok.encode_batch(["query: " + texts[j] for j in idx])
+def batches(rows, tokenizer, size):
+    """Lines sorted by length, padded per batch: [(row indices, ids, mask)]."""
+    order = np.argsort([len(r["text"]) for r in rows], kind="stable")
+    out = []
+    for start in range(0, len(rows), size):
+        idx = order[start : start + size]
+        enc = tokenizer.encode_batch(["query: " + rows[i]["text"] for i in idx])
         width = max(len(e.ids) for e in enc)
-        ids = np.ones((len(idx), width), np.int64)
-        mask = np.zeros_like(ids)
+        ids = torch.ones(len(idx), width, dtype=torch.long)
+        mask = torch.zeros(len(idx), width)
         for k, e in enumerate(enc):
-            ids[k, : len(e.ids)] = e.ids
+            ids[k, : len(e.ids)] = torch.tensor(e.ids)
             mask[k, : len(e.ids)] = 1
-        out[idx] = sess.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0]
-    print(f"embedded {len(texts)} lines in {time.time() - started:.0f} s", file=sys.stderr)
-    np.save(path, out)
+        out.append((torch.tensor(idx), ids, mask))
     return out
 
 
-def targets(rows):
-    return np.array([[label in r["labels"] for label in LABELS] for r in rows], np.float32)
+class Encoder:
+    """The frozen part: embeddings and the bottom layers."""
+
+    def __init__(self, hp, tensors, frozen):
+        nib, scale = q4_blocks(tensors, "emb.word", hp["vocab"], hp["hidden"])
+        self.word = torch.tensor(dequant(nib, scale))
+        self.pos = torch.tensor(f32(tensors, "emb.pos", (hp["max_pos"], hp["hidden"]))
+                                + f32(tensors, "emb.type", (hp["type_vocab"], hp["hidden"]))[0])
+        self.norm = nn.LayerNorm(hp["hidden"], eps=hp["eps"])
+        self.norm.weight.data = torch.tensor(f32(tensors, "emb.ln.w"))
+        self.norm.bias.data = torch.tensor(f32(tensors, "emb.ln.b"))
+        self.layers = [Layer(hp, tensors, i) for i in range(frozen)]
+
+    @torch.no_grad()
+    def __call__(self, ids, mask):
+        x = self.norm(self.word[ids] + self.pos[: ids.shape[1]])
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
 
 
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -40, 40)))
+def pool(x, mask):
+    e = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    return F.normalize(e, dim=-1)
 
 
-def train_mlp(x, y, hidden, epochs, seed, lr=1e-3, decay=1e-4, batch=64, dropout=0.1):
-    """One hidden ReLU layer; returns [w0, b0, w1, b1]. Plain numpy Adam, deterministic."""
-    rng = np.random.default_rng(seed)
-    n, d = x.shape
-    pos = y.sum(0)
-    pos_weight = np.sqrt((n - pos) / np.maximum(pos, 1)).astype(np.float32)
-    params = [
-        (rng.standard_normal((d, hidden)) * np.sqrt(2.0 / d)).astype(np.float32),
-        np.zeros(hidden, np.float32),
-        (rng.standard_normal((hidden, y.shape[1])) * np.sqrt(1.0 / hidden)).astype(np.float32),
-        np.zeros(y.shape[1], np.float32),
-    ]
-    m = [np.zeros_like(p) for p in params]
-    v = [np.zeros_like(p) for p in params]
-    step = 0
-    for _ in range(epochs):
-        perm = rng.permutation(n)
-        for start in range(0, n, batch):
-            idx = perm[start : start + batch]
-            xb, yb = x[idx], y[idx]
-            keep = (rng.random(xb.shape) >= dropout).astype(np.float32) / (1 - dropout)
-            xd = xb * keep
-            h = xd @ params[0] + params[1]
-            a = np.maximum(h, 0)
-            p = sigmoid(a @ params[2] + params[3])
-            # d/dlogit of pos_weight-weighted BCE
-            g = (p * (1 + (pos_weight - 1) * yb) - pos_weight * yb) / len(idx)
-            grads = [None, None, a.T @ g, g.sum(0)]
-            ga = (g @ params[2].T) * (h > 0)
-            grads[0] = xd.T @ ga
-            grads[1] = ga.sum(0)
-            step += 1
-            for i, (p_, g_) in enumerate(zip(params, grads)):
-                if i % 2 == 0:
-                    g_ = g_ + decay * p_
-                m[i] = 0.9 * m[i] + 0.1 * g_
-                v[i] = 0.999 * v[i] + 0.001 * g_ * g_
-                mhat = m[i] / (1 - 0.9**step)
-                vhat = v[i] / (1 - 0.999**step)
-                p_ -= lr * mhat / (np.sqrt(vhat) + 1e-8)
-    return params
-
-
-def mlp_predict(params, x):
-    return sigmoid(np.maximum(x @ params[0] + params[1], 0) @ params[2] + params[3])
-
-
-def train_logreg(x, y, l2=30.0, iters=400, seed=13):
-    """Per-label logistic regression with L2, balanced classes, full-batch Adam: the
-    frozen-encoder baseline that `make eval` reports."""
-    rng = np.random.default_rng(seed)
-    n, d = x.shape
-    pos = y.sum(0)
-    pos_weight = ((n - pos) / np.maximum(pos, 1)).astype(np.float32)  # balanced classes
-    w = (rng.standard_normal((d, y.shape[1])) * 0.01).astype(np.float32)
-    b = np.zeros(y.shape[1], np.float32)
-    mw, vw, mb, vb = 0, 0, 0, 0
-    for step in range(1, iters + 1):
-        p = sigmoid(x @ w + b)
-        g = (p * (1 + (pos_weight - 1) * y) - pos_weight * y) / n
-        gw = x.T @ g + l2 / n * w
-        gb = g.sum(0)
-        mw = 0.9 * mw + 0.1 * gw
-        vw = 0.999 * vw + 0.001 * gw * gw
-        mb = 0.9 * mb + 0.1 * gb
-        vb = 0.999 * vb + 0.001 * gb * gb
-        w -= 0.05 * (mw / (1 - 0.9**step)) / (np.sqrt(vw / (1 - 0.999**step)) + 1e-8)
-        b -= 0.05 * (mb / (1 - 0.9**step)) / (np.sqrt(vb / (1 - 0.999**step)) + 1e-8)
-    return w, b
-
-
-def f1(y, p):
-    tp = float((y & p).sum())
-    fp = float((~y & p).sum())
-    fn = float((y & ~p).sum())
-    return 2 * tp / max(1.0, 2 * tp + fp + fn)
-
-
-def speaker_mask(rows):
-    """1 where the speaker can carry the label (warning: agent; others: customer)."""
-    agent = np.array([r.get("speaker") == "agent" for r in rows])
-    mask = np.ones((len(rows), len(LABELS)), bool)
-    mask[agent, :4] = False
-    mask[~agent, 4] = False
-    return mask
+def f1(gold, pred):
+    tp = int((gold & pred).sum())
+    return 2 * tp / max(1, 2 * tp + int((~gold & pred).sum()) + int((gold & ~pred).sum()))
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--top", type=int, default=4, help="layers to fine-tune (0: head only)")
+    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--out", default=os.path.join(HERE, "head.npz"))
     args = ap.parse_args()
-    os.makedirs(WORK, exist_ok=True)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    torch.set_num_threads(args.threads)
+    from tokenizers import Tokenizer
+
+    hp, tensors = read_e5s1(os.path.join(HERE, "build", "e5-small-q4.bin"))
+    tokenizer = Tokenizer.from_file(os.path.join(HERE, "build", "tokenizer.json"))
+    tokenizer.enable_truncation(MAX_TOKENS)
     train, dev = read("train"), read("dev")
-    key = sha(encoder_path(), os.path.join(HERE, "data", "train.jsonl"))
-    xtr = embed(train, "train-" + key)
-    xdv = embed(dev, "dev-" + sha(encoder_path(), os.path.join(HERE, "data", "dev.jsonl")))
-    ytr, ydv = targets(train), targets(dev)
-    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
-    ztr, zdv = (xtr - mu) / sd, (xdv - mu) / sd
-
+    first_top = hp["layers"] - args.top
     started = time.time()
-    params = train_mlp(ztr, ytr, args.hidden, args.epochs, args.seed)
-    print(f"head trained in {time.time() - started:.0f} s", file=sys.stderr)
-    w_lr, b_lr = train_logreg(ztr, ytr)
-    mask = speaker_mask(dev)
-    ybool = ydv.astype(bool)
-    for name, prob in [("mlp head", mlp_predict(params, zdv)), ("logreg", sigmoid(zdv @ w_lr + b_lr))]:
-        scores = [f1(ybool[:, j] & mask[:, j], (prob[:, j] >= 0.5) & mask[:, j]) for j in range(5)]
-        print(f"dev F1 at 0.5, {name}: " + " ".join(f"{l} {s:.3f}" for l, s in zip(LABELS, scores))
-              + f" | macro {np.mean(scores):.3f}", file=sys.stderr)
+    bottom = Encoder(hp, tensors, first_top)
+    cache = lambda bs: [(idx, bottom(ids, mask).half(), mask) for idx, ids, mask in bs]  # noqa: E731
+    train_b = cache(batches(train, tokenizer, 32))
+    dev_b = cache(batches(dev, tokenizer, 64))
+    print(f"cached {first_top} frozen layers for {len(train) + len(dev)} lines in "
+          f"{time.time() - started:.0f} s", file=sys.stderr)
 
-    # fold standardisation into the first layers: (x - mu)/sd @ w = x @ (w/sd) - (mu/sd) @ w
-    w0 = params[0] / sd[:, None]
-    b0 = params[1] - (mu / sd) @ params[0]
-    np.savez(
-        args.out,
-        w0=w0.astype(np.float32), b0=b0.astype(np.float32),
-        w1=params[2].astype(np.float32), b1=params[3].astype(np.float32),
-        labels=np.array(LABELS),
-    )
-    print(f"wrote {args.out}", file=sys.stderr)
+    top = nn.ModuleList([Layer(hp, tensors, i) for i in range(first_top, hp["layers"])])
+    head = nn.Sequential(nn.Linear(hp["hidden"], 256), nn.ReLU(), nn.Dropout(0.1), nn.Linear(256, len(LABELS)))
+
+    def embed(x, mask):
+        x = x.float()
+        for layer in top:
+            x = layer(x, mask)
+        return pool(x, mask)
+
+    with torch.no_grad():
+        pooled = torch.cat([embed(x, m) for _, x, m in train_b])
+    mu, sd = pooled.mean(0), pooled.std(0) + 1e-6
+    y_train = torch.tensor([[l in r["labels"] for l in LABELS] for r in train], dtype=torch.float32)
+    pos = y_train.sum(0)
+    pos_weight = torch.sqrt((len(train) - pos) / pos.clamp(min=1))
+    groups = [{"params": head.parameters(), "lr": 1e-3}]
+    if args.top:
+        groups.append({"params": top.parameters(), "lr": args.lr})
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups],
+                                                total_steps=args.epochs * len(train_b), pct_start=0.1)
+    gold = np.array([[l in r["labels"] for l in LABELS] for r in dev])
+    agent = np.array([r["speaker"] == "agent" for r in dev])
+
+    def evaluate():
+        top.eval()
+        head.eval()
+        prob = np.zeros((len(dev), len(LABELS)), np.float32)
+        with torch.no_grad():
+            for idx, x, m in dev_b:
+                prob[idx.numpy()] = torch.sigmoid(head((embed(x, m) - mu) / sd)).numpy()
+        top.train()
+        head.train()
+        prob[agent, :4] = 0
+        prob[~agent, 4] = 0
+        return [f1(gold[:, j], prob[:, j] >= 0.5) for j in range(len(LABELS))]
+
+    for epoch in range(1, args.epochs + 1):
+        t0 = time.time()
+        for b in rng.permutation(len(train_b)):
+            idx, x, m = train_b[b]
+            logits = head((embed(x, m) - mu) / sd)
+            loss = F.binary_cross_entropy_with_logits(logits, y_train[idx], pos_weight=pos_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        scores = evaluate()
+        print(f"epoch {epoch} ({time.time() - t0:.0f} s): dev F1 at 0.5 "
+              + " ".join(f"{l} {s:.3f}" for l, s in zip(LABELS, scores)) + f" | macro {np.mean(scores):.3f}",
+              file=sys.stderr)
+
+    # standardisation folded into the head's first layer: ((e - mu) / sd) W^T = e (W/sd)^T - ...
+    w0 = head[0].weight.detach().numpy().T / sd.numpy()[:, None]
+    b0 = head[0].bias.detach().numpy() - (mu.numpy() / sd.numpy()) @ head[0].weight.detach().numpy().T
+    out = {
+        "w0": w0.astype(np.float32), "b0": b0.astype(np.float32),
+        "w1": head[3].weight.detach().numpy().T.astype(np.float32),
+        "b1": head[3].bias.detach().numpy().astype(np.float32),
+        "labels": np.array(LABELS),
+        "layers": np.arange(first_top, hp["layers"], dtype=np.int32),
+    }
+    for layer, index in zip(top, range(first_top, hp["layers"])):
+        for name in LINEARS + NORMS:
+            mod = getattr(layer, name)
+            out[f"l{index}.{name}.w"] = mod.weight.detach().numpy().astype(np.float16)
+            out[f"l{index}.{name}.b"] = mod.bias.detach().numpy().astype(np.float16)
+    np.savez(args.out, **out)
+    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB) in {time.time() - started:.0f} s",
+          file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,18 @@ pub enum Source {
     Max,
 }
 
+/// Which agent lines go to the model (agents carry only the `warning` label).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentLines {
+    /// Every agent line.
+    Always,
+    /// Only lines that mention ending the call or name a warning; the rest cannot be warnings.
+    Gated,
+    /// None: warnings from the lexicon alone.
+    Never,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScoringConfig {
@@ -108,6 +120,12 @@ pub struct ScoringConfig {
     pub profanity: Source,
     pub self_harm: Source,
     pub warning: Source,
+    pub agent_lines: AgentLines,
+    /// Short utterances ("ja", "okej", "mm") up to this many bytes are cached: their model
+    /// scores never change, so repeats need no model call. 0 turns the cache off.
+    pub cache_max_bytes: usize,
+    /// Entries the cache holds (two generations of half this size each).
+    pub cache_entries: usize,
 }
 
 impl ScoringConfig {
@@ -569,11 +587,13 @@ mod tests {
     fn embedded_defaults_are_valid() {
         let c = Config::embedded();
         assert_eq!(c.batching.max_batch, 32);
-        assert_eq!(
-            c.threshold(Lang::Da, Label::Threat),
-            c.thresholds.default.threat
-        );
         assert!(c.policy.escalate.contains(Label::Threat));
+        for lang in Lang::ALL {
+            for label in Label::ALL {
+                let t = c.threshold(lang, label);
+                assert!(t > 0.0 && t <= 1.0);
+            }
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod loadgen;
 pub mod offline;
 pub mod policy;
 pub mod replay;

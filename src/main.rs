@@ -65,6 +65,29 @@ enum Command {
     },
     /// Validate a config file and exit.
     CheckConfig { file: PathBuf },
+    /// Load-test a server like a telephony platform (raw model ceiling, saturation, 70 % load,
+    /// ramp to the most calls with p99 final→alert <= 50 ms) and write a JSON summary.
+    Loadgen {
+        /// A running server; by default one is started as a child process.
+        #[arg(long)]
+        addr: Option<String>,
+        /// Pid of that server, for its RSS and CPU.
+        #[arg(long, requires = "addr")]
+        server_pid: Option<String>,
+        /// Utterances to speak (JSONL with text, lang, speaker); default: the dev set.
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        #[arg(long, default_value = "target/bench/summary.json")]
+        out: PathBuf,
+        /// Seconds measured per stage.
+        #[arg(long, default_value_t = 20)]
+        stage_secs: u64,
+        /// Most calls the ramp tries.
+        #[arg(long, default_value_t = 4000)]
+        max_calls: usize,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -123,6 +146,44 @@ fn try_main(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(2)
             })
+        }
+        Command::Loadgen {
+            addr,
+            server_pid,
+            corpus,
+            out,
+            stage_secs,
+            max_calls,
+            config,
+        } => {
+            let cfg = load_config(config.as_deref())?;
+            if let Some(dir) = out.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let endpoint = addr.map(|a| {
+                let url = if a.contains("://") {
+                    a
+                } else {
+                    format!("http://{a}")
+                };
+                (url, server_pid.unwrap_or_else(|| "0".into()))
+            });
+            let opts = callguard::loadgen::BenchOptions {
+                endpoint,
+                corpus: corpus.unwrap_or_else(callguard::loadgen::default_corpus),
+                out: out.clone(),
+                stage_secs,
+                max_calls,
+            };
+            // one thread: the generator must stay light beside the server it measures
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let summary = rt.block_on(callguard::loadgen::bench(&cfg, &opts))?;
+            let text = serde_json::to_string_pretty(&summary)?;
+            std::fs::write(&out, format!("{text}\n"))?;
+            println!("{text}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Replay {
             input,

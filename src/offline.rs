@@ -120,11 +120,14 @@ pub fn score_jsonl(
         }
         parsed.push(parse_line(i + 1, &line));
     }
-    // one engine for the whole file; only texts whose speaker needs the model go through it
+    let lexicon = Lexicon::builtin();
+    // one engine for the whole file; only texts that need the model go through it
     let model_texts: Vec<&str> = parsed
         .iter()
         .filter_map(|p| match p {
-            Parsed::Ok { text, speaker, .. } if needs_model(cfg, *speaker) => Some(text.as_str()),
+            Parsed::Ok { text, speaker, .. } if needs_model(cfg, *speaker, text, lexicon) => {
+                Some(text.as_str())
+            }
             _ => None,
         })
         .collect();
@@ -133,7 +136,6 @@ pub fn score_jsonl(
         let mut engine = Engine::load(&cfg.model, cfg.batching.max_batch)?;
         engine.score_all(&model_texts, &mut raw)?;
     }
-    let lexicon = Lexicon::builtin();
     let mut next_raw = raw.iter();
     let mut bad = 0;
     for p in &parsed {
@@ -144,7 +146,7 @@ pub fn score_jsonl(
                 lang,
                 speaker,
             } => {
-                let model = if needs_model(cfg, *speaker) {
+                let model = if needs_model(cfg, *speaker, text, lexicon) {
                     next_raw.next()
                 } else {
                     None

@@ -442,3 +442,54 @@ async fn health_and_reflection_are_served() {
         );
     }
 }
+
+#[tokio::test]
+async fn replay_reports_each_calls_alerts_by_turn() {
+    let server = Server::shared();
+    server.channel().await;
+    let input = std::fs::read_to_string("examples/calls.jsonl").expect("examples/calls.jsonl");
+    let mut out = Vec::new();
+    let bad = callguard::replay::replay_jsonl(
+        &format!("http://{}", server.addr),
+        input.as_bytes(),
+        &mut out,
+    )
+    .await
+    .expect("replay");
+    assert_eq!(bad, 0);
+    let lines: Vec<serde_json::Value> = String::from_utf8(out)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), input.lines().count());
+    let alerts = |id: &str| -> Vec<(String, u64)> {
+        let line = lines.iter().find(|l| l["call_id"] == id).expect(id);
+        line["alerts"]
+            .as_array()
+            .expect("alerts")
+            .iter()
+            .map(|a| {
+                (
+                    a["kind"].as_str().expect("kind").to_string(),
+                    a["at_turn"].as_u64().expect("turn"),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        alerts("sv-threat"),
+        vec![("escalate".into(), 3), ("debrief".into(), 4)]
+    );
+    assert_eq!(
+        alerts("sv-abuse-warned"),
+        vec![("suggest_warning".into(), 2), ("hang_up_allowed".into(), 4)]
+    );
+    assert_eq!(
+        alerts("nb-selfharm"),
+        vec![("acute_procedure".into(), 2), ("debrief".into(), 4)]
+    );
+    for legit in ["sv-legit", "nb-legit", "da-legit"] {
+        assert!(alerts(legit).is_empty(), "{legit}: {:?}", alerts(legit));
+    }
+}

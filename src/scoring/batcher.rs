@@ -44,6 +44,10 @@ pub struct Stats {
     pub model_ns: AtomicU64,
     /// Jobs submitted minus jobs taken: the queue depth.
     pub queued: AtomicU64,
+    /// Finals answered from the short-utterance cache (no model call).
+    pub cache_hits: AtomicU64,
+    /// Finals scored by the lexicon alone because the queue was full.
+    pub shed: AtomicU64,
 }
 
 /// Run the worker on the current thread until every sender is dropped and the queue is drained.

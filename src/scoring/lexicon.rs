@@ -151,6 +151,51 @@ const HANG_UP: &[&str] = &[
     "stopp* jeg samtal*",
 ];
 
+/// Words without which an agent line cannot be a warning: ending, breaking off or the call
+/// itself, or warning. Broad on purpose: it only decides which agent lines the model sees.
+const WARNING_GATE: &[&str] = &[
+    "avslut*",
+    "afslut*",
+    "avbryt*",
+    "afbryd*",
+    "avbrut*",
+    "afbrudt*",
+    "bryt*",
+    "bryd*",
+    "lägg* på",
+    "legg* på",
+    "lægg* på",
+    "læg på",
+    "lägg* jag på",
+    "legg* jeg på",
+    "legg* eg på",
+    "lægg* jeg på",
+    "koppla*",
+    "kopla*",
+    "kobl*",
+    "samtal*",
+    "opkald*",
+    "røret",
+    "luren",
+    "varn*",
+    "advar*",
+    "åtvar*",
+    "sista chans*",
+    "siste gang*",
+    "sidste chance*",
+    "siste sjans*",
+    "sidste gang",
+    "sista gången",
+    "er slut",
+    "är slut",
+    "er over",
+    "er forbi",
+    "er ferdig",
+    "slutt",
+    "slutter",
+    "slutar",
+];
+
 /// The conditional or formal-warning cue that makes a hang-up phrase a warning.
 const WARNING_CUE: &[&str] = &[
     "om du",
@@ -307,6 +352,7 @@ pub struct Lexicon {
     profanity_exceptions: Regex,
     hang_up: Regex,
     warning_cue: Regex,
+    warning_gate: Regex,
     threat: Regex,
     harassment: Regex,
     self_harm: Regex,
@@ -337,6 +383,7 @@ impl Lexicon {
             profanity_exceptions: compile(PROFANITY_EXCEPTIONS),
             hang_up: compile(HANG_UP),
             warning_cue: compile(WARNING_CUE),
+            warning_gate: compile(WARNING_GATE),
             threat: compile(THREAT),
             harassment: compile(HARASSMENT),
             self_harm: compile(SELF_HARM),
@@ -366,6 +413,12 @@ impl Lexicon {
     }
 
     /// A hang-up phrase together with a condition or an explicit warning.
+    /// Whether an agent line could be a warning at all: it speaks of ending or breaking off,
+    /// of the call, or of warning. The rest need no model (`[scoring] agent_lines = "gated"`).
+    pub fn may_warn(&self, text: &str) -> bool {
+        self.warning_gate.is_match(text)
+    }
+
     fn warning(&self, text: &str) -> Option<(usize, usize)> {
         let end_call = self.hang_up.find(text)?;
         let cue = self.warning_cue.find(text)?;

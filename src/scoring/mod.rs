@@ -10,15 +10,16 @@ pub mod batcher;
 pub mod lexicon;
 pub mod model;
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use crate::config::{Config, Source};
+use crate::config::{AgentLines, Config, Source};
 use crate::domain::{Evidence, EvidenceSource, Label, LabelSet, Lang, Scores, Speaker};
 use crate::error::{Error, Result};
 use batcher::{Job, Msg, Stats};
@@ -36,13 +37,72 @@ pub struct Scored {
     pub degraded: bool,
 }
 
-/// Handle to the scoring worker. Clones share the queue.
+/// Handle to the scoring worker. Clones share the queue and the cache.
 #[derive(Clone)]
 pub struct Scorer {
     /// Bounded queue to the worker thread; full means overload (lexicon fallback).
     tx: SyncSender<Msg>,
     lexicon: &'static Lexicon,
     stats: Arc<Stats>,
+    cache: Arc<ShortCache>,
+}
+
+type Generation = HashMap<Box<str>, RawScore>;
+
+/// Model verdicts for short utterances, by exact text. Two generations: lookups promote from
+/// the old one, and when the young one is full it becomes the old one, so memory is bounded
+/// and frequent texts ("ja", "okej") stay.
+pub struct ShortCache {
+    max_bytes: usize,
+    generation: usize,
+    /// (young, old) generations.
+    maps: Mutex<(Generation, Generation)>,
+}
+
+impl ShortCache {
+    fn new(max_bytes: usize, entries: usize) -> ShortCache {
+        ShortCache {
+            max_bytes,
+            generation: (entries / 2).max(1),
+            maps: Mutex::new((HashMap::new(), HashMap::new())),
+        }
+    }
+
+    fn applies(&self, text: &str) -> bool {
+        text.len() <= self.max_bytes
+    }
+
+    fn get(&self, text: &str) -> Option<RawScore> {
+        if !self.applies(text) {
+            return None;
+        }
+        let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = maps.0.get(text) {
+            return Some(*hit);
+        }
+        let hit = maps.1.remove(text)?;
+        Self::insert_young(&mut maps, self.generation, text, hit);
+        Some(hit)
+    }
+
+    fn put(&self, text: &str, score: RawScore) {
+        if self.applies(text) {
+            let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+            Self::insert_young(&mut maps, self.generation, text, score);
+        }
+    }
+
+    fn insert_young(
+        maps: &mut (Generation, Generation),
+        generation: usize,
+        text: &str,
+        score: RawScore,
+    ) {
+        if maps.0.len() >= generation {
+            maps.1 = std::mem::take(&mut maps.0);
+        }
+        maps.0.insert(text.into(), score);
+    }
 }
 
 impl Scorer {
@@ -62,6 +122,10 @@ impl Scorer {
             tx,
             lexicon: Lexicon::builtin(),
             stats,
+            cache: Arc::new(ShortCache::new(
+                cfg.scoring.cache_max_bytes,
+                cfg.scoring.cache_entries,
+            )),
         };
         Ok((scorer, worker))
     }
@@ -85,12 +149,16 @@ impl Scorer {
         speaker: Speaker,
     ) -> Result<Scored> {
         let hits = self.lexicon.scan(&text);
-        if !needs_model(cfg, speaker) {
+        if !needs_model(cfg, speaker, &text, self.lexicon) {
             return Ok(combine(cfg, lang, speaker, None, &hits, false));
+        }
+        if let Some(raw) = self.cache.get(&text) {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(combine(cfg, lang, speaker, Some(&raw), &hits, false));
         }
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            text,
+            text: text.clone(),
             enqueued: Instant::now(),
             reply,
         };
@@ -99,6 +167,7 @@ impl Scorer {
                 self.stats.queued.fetch_add(1, Ordering::Relaxed);
             }
             Err(TrySendError::Full(_)) => {
+                self.stats.shed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!("scoring queue full: lexicon fallback");
                 return Ok(combine(cfg, lang, speaker, None, &hits, true));
             }
@@ -107,7 +176,10 @@ impl Scorer {
             }
         }
         match answer.await {
-            Ok(Ok(raw)) => Ok(combine(cfg, lang, speaker, Some(&raw), &hits, false)),
+            Ok(Ok(raw)) => {
+                self.cache.put(&text, raw);
+                Ok(combine(cfg, lang, speaker, Some(&raw), &hits, false))
+            }
             Ok(Err(cause)) => {
                 // a failed batch must not lose the utterance: log it and fall back
                 tracing::error!(error = %cause, "model failed on a batch: lexicon fallback");
@@ -118,11 +190,17 @@ impl Scorer {
     }
 }
 
-/// Whether any label this speaker can carry takes the model's score.
-pub fn needs_model(cfg: &Config, speaker: Speaker) -> bool {
-    Label::ALL
+/// Whether this utterance goes to the model: some label its speaker can carry takes the
+/// model's score, and for agent lines, per `[scoring] agent_lines`.
+pub fn needs_model(cfg: &Config, speaker: Speaker, text: &str, lexicon: &Lexicon) -> bool {
+    let any = Label::ALL
         .into_iter()
-        .any(|l| speaker.may_carry(l) && cfg.scoring.source(l) != Source::Lexicon)
+        .any(|l| speaker.may_carry(l) && cfg.scoring.source(l) != Source::Lexicon);
+    match (speaker, cfg.scoring.agent_lines) {
+        (Speaker::Agent, AgentLines::Never) => false,
+        (Speaker::Agent, AgentLines::Gated) => any && lexicon.may_warn(text),
+        _ => any,
+    }
 }
 
 /// Merge model and lexicon per `[scoring]`, apply the language's thresholds for this speaker,
@@ -195,7 +273,8 @@ mod tests {
 
     #[test]
     fn model_scores_combine_per_source() {
-        let cfg = Config::embedded();
+        let cfg =
+            crate::config::parse("[thresholds.sv]\nthreat = 0.5\nwarning = 0.5\n", "test").unwrap();
         let text = "det här är helt galet";
         let hits = Lexicon::builtin().scan(text);
         let raw = RawScore {
