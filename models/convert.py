@@ -146,9 +146,9 @@ class Graph:
 
 def linear(g, x, tensors, prefix, out_dim, in_dim):
     """x @ W^T (the bias is returned for the consumer op to fuse)."""
-    if prefix + ".w" in g.tuned:
-        # a fine-tuned layer from the head file: float weights, so int8 rows (or fp32)
-        w = g.tuned[prefix + ".w"].astype(np.float32).T
+    if prefix + ".q" in g.tuned:
+        # a fine-tuned layer from the head file: int8 per output channel, [out, in]
+        w = (g.tuned[prefix + ".q"].astype(np.float32) * g.tuned[prefix + ".s"][:, None]).T
         bias = g.init(prefix + ".b", g.tuned[prefix + ".b"].astype(np.float32))
         if g.weights == "fp32":
             return g.op("MatMul", [x, g.init(prefix + ".w", w.copy())], prefix), bias

@@ -12,7 +12,9 @@ The encoder is rebuilt in PyTorch from the same pinned E5S1 weights the service 
    `--top 0` trains the head alone on the frozen encoder (the comparison the model card reports).
 3. Dev F1 per label at 0.5 is printed after every epoch (the model alone, no lexicon).
 4. models/head.npz gets the head (standardisation folded into its first layer) and, for
-   `--top > 0`, the fine-tuned layers in fp16. models/build.sh merges both into the ONNX graph.
+   `--top > 0`, the fine-tuned layers: linear weights as int8 per output channel (exactly what
+   the served graph computes with), norms and biases in fp16. models/build.sh merges both into
+   the ONNX graph.
 
 Thresholds are tuned afterwards on the served scores by models/tune.py (`make train` runs all).
 """
@@ -107,6 +109,14 @@ class Encoder:
         for layer in self.layers:
             x = layer(x, mask)
         return x
+
+
+def quantise_rows(prefix, weight):
+    """A linear weight [out, in] as int8 per output channel in the 7-bit range the served graph
+    uses (models/convert.py, rowint8), so storing it this way loses nothing that serving keeps."""
+    scale = np.maximum(np.abs(weight).max(axis=1), 1e-12) / 63.0
+    q = np.clip(np.round(weight / scale[:, None]), -63, 63).astype(np.int8)
+    return {prefix + ".q": q, prefix + ".s": scale.astype(np.float32)}
 
 
 def pool(x, mask):
@@ -211,8 +221,12 @@ def main():
     for layer, index in zip(top, range(first_top, hp["layers"])):
         for name in LINEARS + NORMS:
             mod = getattr(layer, name)
-            out[f"l{index}.{name}.w"] = mod.weight.detach().numpy().astype(np.float16)
             out[f"l{index}.{name}.b"] = mod.bias.detach().numpy().astype(np.float16)
+            weight = mod.weight.detach().numpy()
+            if name in NORMS:
+                out[f"l{index}.{name}.w"] = weight.astype(np.float16)
+            else:
+                out.update(quantise_rows(f"l{index}.{name}", weight))
     np.savez(args.out, **out)
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB) in {time.time() - started:.0f} s",
           file=sys.stderr)
