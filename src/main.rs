@@ -157,6 +157,7 @@ fn try_main(args: Args) -> anyhow::Result<ExitCode> {
             config,
         } => {
             let cfg = load_config(config.as_deref())?;
+            let config_path = config.clone();
             if let Some(dir) = out.parent() {
                 std::fs::create_dir_all(dir)?;
             }
@@ -174,6 +175,7 @@ fn try_main(args: Args) -> anyhow::Result<ExitCode> {
                 out: out.clone(),
                 stage_secs,
                 max_calls,
+                config_path,
             };
             // one thread: the generator must stay light beside the server it measures
             let rt = tokio::runtime::Builder::new_current_thread()

@@ -102,6 +102,79 @@ impl Call {
     }
 }
 
+/// Why a request or event was refused: each limit and check has its own metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reject {
+    BadId,
+    UnknownLanguage,
+    EmptyText,
+    TextTooLong,
+    NoSpeaker,
+    BeforeStart,
+    SecondStart,
+    DuplicateStream,
+    UnknownCall,
+    TooManyCalls,
+    TooManyFinals,
+    RateLimited,
+    Unauthenticated,
+    PermissionDenied,
+}
+
+impl Reject {
+    pub const ALL: [Reject; 14] = [
+        Reject::BadId,
+        Reject::UnknownLanguage,
+        Reject::EmptyText,
+        Reject::TextTooLong,
+        Reject::NoSpeaker,
+        Reject::BeforeStart,
+        Reject::SecondStart,
+        Reject::DuplicateStream,
+        Reject::UnknownCall,
+        Reject::TooManyCalls,
+        Reject::TooManyFinals,
+        Reject::RateLimited,
+        Reject::Unauthenticated,
+        Reject::PermissionDenied,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Reject::BadId => "bad_id",
+            Reject::UnknownLanguage => "unknown_language",
+            Reject::EmptyText => "empty_text",
+            Reject::TextTooLong => "text_too_long",
+            Reject::NoSpeaker => "no_speaker",
+            Reject::BeforeStart => "before_start",
+            Reject::SecondStart => "second_start",
+            Reject::DuplicateStream => "duplicate_stream",
+            Reject::UnknownCall => "unknown_call",
+            Reject::TooManyCalls => "too_many_calls",
+            Reject::TooManyFinals => "too_many_finals",
+            Reject::RateLimited => "rate_limited",
+            Reject::Unauthenticated => "unauthenticated",
+            Reject::PermissionDenied => "permission_denied",
+        }
+    }
+}
+
+/// A counter per `Reject` reason.
+#[derive(Debug, Default)]
+pub struct RejectCounters([AtomicU64; 14]);
+
+impl RejectCounters {
+    pub fn count(&self, reason: Reject) {
+        self.0[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        Reject::ALL
+            .into_iter()
+            .map(|r| (r.name(), self.0[r as usize].load(Ordering::Relaxed)))
+    }
+}
+
 /// Counters for metrics.
 #[derive(Debug, Default)]
 pub struct SessionStats {
@@ -112,6 +185,9 @@ pub struct SessionStats {
     pub finals: AtomicU64,
     pub degraded: AtomicU64,
     pub alerts: [AtomicU64; 5],
+    pub rejects: RejectCounters,
+    /// Receipt of a final to its result (scored, decided, alerts published).
+    pub final_latency: crate::telemetry::LatencyHistogram,
 }
 
 pub struct Sessions {
@@ -141,6 +217,12 @@ impl Sessions {
         self.config.borrow().clone()
     }
 
+    /// Count a refusal under its reason and pass the error on.
+    pub fn reject(&self, reason: Reject, err: Error) -> Error {
+        self.stats.rejects.count(reason);
+        err
+    }
+
     pub fn scorer(&self) -> &Scorer {
         &self.scorer
     }
@@ -156,12 +238,19 @@ impl Sessions {
     /// Start (or, with `resume`, reattach to) a call. The handle detaches on drop.
     pub fn open(self: &Arc<Self>, start: CallStart) -> Result<CallHandle> {
         let cfg = self.config();
-        let call_id = CallId(valid_id("call_id", &start.call_id)?.into());
+        let call_id = CallId(
+            valid_id("call_id", &start.call_id)
+                .map_err(|e| self.reject(Reject::BadId, e))?
+                .into(),
+        );
         let lang = Lang::parse(&start.language).ok_or_else(|| {
-            Error::InvalidArgument(format!(
-                "language {:?} is not one of sv, nb, nn, da (or no)",
-                truncate(&start.language, 16)
-            ))
+            self.reject(
+                Reject::UnknownLanguage,
+                Error::InvalidArgument(format!(
+                    "language {:?} is not one of sv, nb, nn, da (or no)",
+                    truncate(&start.language, 16)
+                )),
+            )
         })?;
         let now = Instant::now();
         // checked before taking the entry: `len()` locks every shard, the entry holds one
@@ -177,9 +266,11 @@ impl Sessions {
                 }
                 let mut state = call.state();
                 if state.attached {
-                    return Err(Error::AlreadyExists(format!(
-                        "call {call_id} already has a stream"
-                    )));
+                    drop(state);
+                    return Err(self.reject(
+                        Reject::DuplicateStream,
+                        Error::AlreadyExists(format!("call {call_id} already has a stream")),
+                    ));
                 }
                 state.attached = true;
                 state.last_activity = now;
@@ -188,21 +279,30 @@ impl Sessions {
             }
             Entry::Vacant(slot) => {
                 if start.resume {
-                    return Err(Error::NotFound(format!(
-                        "call {call_id} is not known (ended or expired)"
-                    )));
+                    return Err(self.reject(
+                        Reject::UnknownCall,
+                        Error::NotFound(format!("call {call_id} is not known (ended or expired)")),
+                    ));
                 }
                 if full {
-                    return Err(Error::ResourceExhausted(format!(
-                        "{} calls open (limits.max_calls)",
-                        cfg.limits.max_calls
-                    )));
+                    return Err(self.reject(
+                        Reject::TooManyCalls,
+                        Error::ResourceExhausted(format!(
+                            "{} calls open (limits.max_calls)",
+                            cfg.limits.max_calls
+                        )),
+                    ));
                 }
+                let bad_id = |e| self.reject(Reject::BadId, e);
                 let meta = CallMeta {
                     call_id: call_id.clone(),
-                    tenant: optional_id("tenant", &start.tenant)?.into(),
-                    agent_id: AgentId(valid_id("agent_id", &start.agent_id)?.into()),
-                    team: optional_id("team", &start.team)?.into(),
+                    tenant: optional_id("tenant", &start.tenant).map_err(bad_id)?.into(),
+                    agent_id: AgentId(
+                        valid_id("agent_id", &start.agent_id)
+                            .map_err(bad_id)?
+                            .into(),
+                    ),
+                    team: optional_id("team", &start.team).map_err(bad_id)?.into(),
                     lang,
                 };
                 let call = Arc::new(Call {
@@ -342,20 +442,26 @@ impl CallHandle {
 
     /// Take one transcript chunk. Errors reject this chunk only; the call goes on.
     pub async fn utterance(&self, utt: UtteranceIn) -> Result<Outcome> {
+        let received = Instant::now();
         let s = &self.sessions;
         let cfg = s.config();
-        let id = valid_id("utterance_id", &utt.utterance_id)?;
+        let id =
+            valid_id("utterance_id", &utt.utterance_id).map_err(|e| s.reject(Reject::BadId, e))?;
         if utt.speaker == Speaker::Unknown {
-            return Err(Error::InvalidArgument(
-                "speaker must be agent or customer".into(),
+            return Err(s.reject(
+                Reject::NoSpeaker,
+                Error::InvalidArgument("speaker must be agent or customer".into()),
             ));
         }
         if utt.text.len() > cfg.limits.max_text_bytes {
-            return Err(Error::InvalidArgument(format!(
-                "text is {} bytes, over limits.max_text_bytes = {}",
-                utt.text.len(),
-                cfg.limits.max_text_bytes
-            )));
+            return Err(s.reject(
+                Reject::TextTooLong,
+                Error::InvalidArgument(format!(
+                    "text is {} bytes, over limits.max_text_bytes = {}",
+                    utt.text.len(),
+                    cfg.limits.max_text_bytes
+                )),
+            ));
         }
         if !utt.is_final {
             let mut state = self.call.state();
@@ -367,8 +473,9 @@ impl CallHandle {
             });
         }
         if utt.text.trim().is_empty() {
-            return Err(Error::InvalidArgument(
-                "final utterance text is empty".into(),
+            return Err(s.reject(
+                Reject::EmptyText,
+                Error::InvalidArgument("final utterance text is empty".into()),
             ));
         }
         let id: Arc<str> = id.into();
@@ -382,9 +489,13 @@ impl CallHandle {
                 });
             }
             if state.results.len() >= MAX_FINALS_PER_CALL {
-                return Err(Error::ResourceExhausted(format!(
-                    "call has {MAX_FINALS_PER_CALL} final utterances"
-                )));
+                drop(state);
+                return Err(s.reject(
+                    Reject::TooManyFinals,
+                    Error::ResourceExhausted(format!(
+                        "call has {MAX_FINALS_PER_CALL} final utterances"
+                    )),
+                ));
             }
         }
         let meta = &self.call.meta;
@@ -425,6 +536,7 @@ impl CallHandle {
         for kind in decision.alerts.iter() {
             s.publish(&cfg, meta, &id, kind, Some((&scored, &text)));
         }
+        s.stats.final_latency.record(received.elapsed());
         Ok(Outcome::Final {
             result: decision,
             duplicate: false,

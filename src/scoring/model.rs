@@ -141,6 +141,10 @@ impl Model {
             .with_optimization_level(GraphOptimizationLevel::Level3)?
             .with_intra_threads(cfg.threads)?
             .with_inter_threads(1)?
+            .with_intra_op_spinning(cfg.spin)?
+            .with_execution_providers([ort::ep::CPU::default()
+                .with_arena_allocator(cfg.arena)
+                .build()])?
             // ORT's shape-merging notes on contrib ops are noise at warning level
             .with_log_level(ort::logging::LogLevel::Error)?
             .commit_from_file(&path)?;

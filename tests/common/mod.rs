@@ -22,6 +22,7 @@ pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct Server {
     pub addr: SocketAddr,
+    pub metrics_port: u16,
     pub config_path: PathBuf,
     pub shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -34,7 +35,20 @@ impl Server {
         callguard::telemetry::init(false);
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("callguard.toml");
-        std::fs::write(&config_path, config_toml).expect("write config");
+        // each test server gets its own free metrics port
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let config_toml = if config_toml.contains("[server]") {
+            config_toml.replace(
+                "[server]",
+                &format!("[server]\nmetrics_addr = \"127.0.0.1:{metrics_port}\""),
+            )
+        } else {
+            format!("[server]\nmetrics_addr = \"127.0.0.1:{metrics_port}\"\n{config_toml}")
+        };
+        std::fs::write(&config_path, &config_toml).expect("write config");
         let cfg = callguard::config::load(Some(&config_path)).expect("valid test config");
         let shutdown = CancellationToken::new();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -60,6 +74,7 @@ impl Server {
         let addr = addr_rx.recv_timeout(WAIT).expect("server bound");
         Server {
             addr,
+            metrics_port,
             config_path,
             shutdown,
             thread: Some(thread),
