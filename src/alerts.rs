@@ -22,6 +22,7 @@ pub struct Alert {
     pub agent_id: AgentId,
     pub call_id: CallId,
     pub tenant: Arc<str>,
+    pub team: Arc<str>,
     pub utterance_id: Arc<str>,
     pub kind: AlertKind,
     pub labels: Vec<(Label, f32)>,
@@ -141,6 +142,31 @@ impl AlertHub {
         rx
     }
 
+    /// Continue after a restart: each agent's sequence resumes after its last recorded alert,
+    /// and recent alerts (in sequence order per agent) refill the replay buffers.
+    pub fn restore(&self, last_seq: &[(AgentId, u64)], recent: Vec<Alert>, replay_capacity: usize) {
+        for (agent, seq) in last_seq {
+            let feed = self.feed(agent);
+            let mut feed = feed.lock().unwrap_or_else(|p| p.into_inner());
+            feed.next_seq = feed.next_seq.max(seq + 1);
+        }
+        for alert in recent {
+            let feed = self.feed(&alert.agent_id);
+            let mut feed = feed.lock().unwrap_or_else(|p| p.into_inner());
+            feed.buffer.push_back(Arc::new(alert));
+            while feed.buffer.len() > replay_capacity.max(1) {
+                feed.buffer.pop_front();
+            }
+        }
+    }
+
+    /// The team an agent's latest alert came from (supervisor scope checks).
+    pub fn team_of(&self, agent: &AgentId) -> Option<Arc<str>> {
+        let feed = self.feeds.get(agent)?.value().clone();
+        let feed = feed.lock().unwrap_or_else(|p| p.into_inner());
+        feed.buffer.back().map(|a| a.team.clone())
+    }
+
     /// The last sequence number given to an agent's alerts (0 if none).
     pub fn last_seq(&self, agent: &AgentId) -> u64 {
         self.feeds
@@ -173,6 +199,7 @@ mod tests {
             agent_id: AgentId(agent.into()),
             call_id: CallId("c".into()),
             tenant: "t".into(),
+            team: "team".into(),
             utterance_id: n.to_string().into(),
             kind: AlertKind::Escalate,
             labels: vec![(Label::Threat, 0.9)],

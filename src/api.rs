@@ -129,7 +129,7 @@ impl Api {
                 }
                 Some(pb::call_event::Event::End(_)) => {
                     let call_id = handle.meta().call_id.to_string();
-                    let kinds = handle.end();
+                    let kinds = handle.end().await?;
                     let closed = pb::call_ack::Ack::Closed(pb::CallClosed {
                         call_id,
                         alert_kinds: kinds.iter().map(|k| k.name().to_string()).collect(),

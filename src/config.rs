@@ -48,6 +48,7 @@ pub struct Config {
     pub thresholds: ThresholdConfig,
     pub crisis_lines: PerLang<String>,
     pub texts: Texts,
+    pub incidents: IncidentsConfig,
     /// Increases by one with every successful reload; recorded with alerts and incidents.
     #[serde(skip)]
     pub version: u64,
@@ -96,6 +97,17 @@ pub struct LimitsConfig {
     pub call_idle_expiry_s: u64,
     pub alert_replay_per_agent: usize,
     pub subscriber_queue: usize,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentsConfig {
+    /// SQLite database (WAL) holding every alert.
+    pub path: PathBuf,
+    /// Keep the utterance text with each incident (personal data: off by default).
+    pub store_text: bool,
+    /// Incidents older than this are deleted (at start and hourly).
+    pub retention_days: u32,
 }
 
 /// Where a label's score comes from.
@@ -418,6 +430,9 @@ impl Config {
                 return Err(invalid(key, value, "must be > 0"));
             }
         }
+        if self.incidents.retention_days == 0 {
+            return Err(invalid("incidents.retention_days", 0, "must be > 0"));
+        }
         if l.call_idle_expiry_s == 0 {
             return Err(invalid("limits.call_idle_expiry_s", 0, "must be > 0"));
         }
@@ -545,9 +560,10 @@ pub fn reload(path: &Path, tx: &watch::Sender<Arc<Config>>) -> bool {
             if next.server != current.server
                 || next.model != current.model
                 || next.batching != current.batching
+                || next.incidents.path != current.incidents.path
             {
                 tracing::warn!(
-                    "config: [server], [model] and [batching] changes take effect after a restart"
+                    "config: [server], [model], [batching] and incidents.path changes take effect after a restart"
                 );
             }
             tracing::info!(version = next.version, path = %path.display(), "config reloaded");

@@ -23,6 +23,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod incidents;
 pub mod loadgen;
 pub mod metrics;
 pub mod offline;
@@ -66,6 +67,8 @@ pub enum RunError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    Store(#[from] incidents::StoreError),
     #[error("metrics endpoint {0}: {1}")]
     Metrics(String, std::io::Error),
 }
@@ -133,11 +136,38 @@ pub async fn run(
         .await
         .map_err(|e| RunError::Model(e.to_string()))?
         .map_err(|e| RunError::Model(e.to_string()))?;
-    let sessions = Arc::new(session::Sessions::new(
-        scorer,
-        Arc::new(alerts::AlertHub::new()),
-        config_rx,
-    ));
+    let store_cfg = cfg.clone();
+    let (store, recovered, store_writer) = tokio::task::spawn_blocking(move || {
+        incidents::IncidentStore::open(
+            &store_cfg.incidents.path,
+            store_cfg.incidents.retention_days,
+            store_cfg.limits.alert_replay_per_agent,
+        )
+    })
+    .await
+    .map_err(|e| RunError::Model(e.to_string()))??;
+    let hub = Arc::new(alerts::AlertHub::new());
+    hub.restore(
+        &recovered.last_seq,
+        recovered.recent,
+        cfg.limits.alert_replay_per_agent,
+    );
+    tracing::info!(path = %store.path().display(), agents = recovered.last_seq.len(), "incident store open");
+    let retention = {
+        let (store, token, config) = (store.clone(), shutdown.clone(), config_rx.clone());
+        async move {
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {
+                        store.prune(config.borrow().incidents.retention_days);
+                    }
+                }
+            }
+        }
+    };
+    tasks.spawn(retention);
+    let sessions = Arc::new(session::Sessions::new(scorer, hub, store, config_rx));
     tasks.spawn(sessions.clone().run_expiry(shutdown.clone()));
     if !cfg.server.metrics_addr.is_empty() {
         let metrics_listener = TcpListener::bind(&cfg.server.metrics_addr)
@@ -214,6 +244,16 @@ pub async fn run(
     });
     if tokio::time::timeout(grace, joined).await.is_err() {
         tracing::warn!("scoring worker still busy at exit");
+    }
+    // the last store handle went with the sessions: the writer commits what is queued, then ends
+    if tokio::time::timeout(
+        grace,
+        tokio::task::spawn_blocking(move || store_writer.join()),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("incident writer still busy at exit");
     }
     tracing::info!("stopped");
     Ok(())

@@ -20,6 +20,7 @@ use crate::alerts::{Alert, AlertHub};
 use crate::config::Config;
 use crate::domain::{AgentId, AlertKind, CallId, Label, LabelSet, Lang, Scores, Speaker};
 use crate::error::{Error, Result};
+use crate::incidents::{Incident, IncidentStore};
 use crate::policy::{self, AlertKinds, CallFlags};
 use crate::scoring::{Scored, Scorer};
 
@@ -194,6 +195,7 @@ pub struct Sessions {
     calls: DashMap<CallId, Arc<Call>>,
     scorer: Scorer,
     alerts: Arc<AlertHub>,
+    store: IncidentStore,
     config: watch::Receiver<Arc<Config>>,
     pub stats: SessionStats,
 }
@@ -202,12 +204,14 @@ impl Sessions {
     pub fn new(
         scorer: Scorer,
         alerts: Arc<AlertHub>,
+        store: IncidentStore,
         config: watch::Receiver<Arc<Config>>,
     ) -> Sessions {
         Sessions {
             calls: DashMap::new(),
             scorer,
             alerts,
+            store,
             config,
             stats: SessionStats::default(),
         }
@@ -365,14 +369,15 @@ impl Sessions {
         }
     }
 
+    /// Deliver an alert to the agent's feed; returns the incident to record.
     fn publish(
         &self,
         cfg: &Config,
         meta: &CallMeta,
         utterance_id: &Arc<str>,
         kind: AlertKind,
-        scored: Option<(&Scored, &str)>,
-    ) {
+        scored: Option<(&Scored, &Arc<str>)>,
+    ) -> Incident {
         let (reason, reason_en) = cfg.reason(meta.lang, kind);
         let (labels, evidence) = match scored {
             Some((s, text)) => (
@@ -395,6 +400,7 @@ impl Sessions {
             agent_id: meta.agent_id.clone(),
             call_id: meta.call_id.clone(),
             tenant: meta.tenant.clone(),
+            team: meta.team.clone(),
             utterance_id: utterance_id.clone(),
             kind,
             labels,
@@ -419,6 +425,13 @@ impl Sessions {
             seq = sent.seq,
             "alert"
         );
+        Incident {
+            alert: sent,
+            config_version: cfg.version,
+            text: scored
+                .filter(|_| cfg.incidents.store_text)
+                .map(|(_, text)| text.clone()),
+        }
     }
 }
 
@@ -533,9 +546,16 @@ impl CallHandle {
             warning = scored.scores.get(Label::Warning),
             "scored"
         );
-        for kind in decision.alerts.iter() {
-            s.publish(&cfg, meta, &id, kind, Some((&scored, &text)));
-        }
+        let incidents: Vec<Incident> = decision
+            .alerts
+            .iter()
+            .map(|kind| s.publish(&cfg, meta, &id, kind, Some((&scored, &text))))
+            .collect();
+        // the ack waits for the incident to be durable: an acknowledged alert survives a crash
+        s.store
+            .record(incidents)
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
         s.stats.final_latency.record(received.elapsed());
         Ok(Outcome::Final {
             result: decision,
@@ -544,7 +564,7 @@ impl CallHandle {
     }
 
     /// End the call: raise `debrief` if due and forget the call. Returns the alerts raised.
-    pub fn end(mut self) -> AlertKinds {
+    pub async fn end(mut self) -> Result<AlertKinds> {
         self.ended = true;
         let s = &self.sessions;
         let meta = &self.call.meta;
@@ -557,12 +577,16 @@ impl CallHandle {
         if let Some(kind) = policy::on_end(flags) {
             let cfg = s.config();
             let last = last.unwrap_or_else(|| Arc::from(""));
-            s.publish(&cfg, meta, &last, kind, None);
+            let incident = s.publish(&cfg, meta, &last, kind, None);
+            s.store
+                .record(vec![incident])
+                .await
+                .map_err(|e| Error::Unavailable(e.to_string()))?;
             raised = raised.with(kind);
         }
         s.stats.calls_ended.fetch_add(1, Ordering::Relaxed);
         tracing::info!(call_id = %meta.call_id, "call ended");
-        raised
+        Ok(raised)
     }
 }
 

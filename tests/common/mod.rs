@@ -24,6 +24,7 @@ pub struct Server {
     pub addr: SocketAddr,
     pub metrics_port: u16,
     pub config_path: PathBuf,
+    pub db_path: PathBuf,
     pub shutdown: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -40,14 +41,16 @@ impl Server {
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
-        let config_toml = if config_toml.contains("[server]") {
-            config_toml.replace(
-                "[server]",
-                &format!("[server]\nmetrics_addr = \"127.0.0.1:{metrics_port}\""),
-            )
-        } else {
-            format!("[server]\nmetrics_addr = \"127.0.0.1:{metrics_port}\"\n{config_toml}")
-        };
+        let db = dir.path().join("incidents.sqlite");
+        let config_toml = inject(
+            &inject(
+                config_toml,
+                "server",
+                &format!("metrics_addr = \"127.0.0.1:{metrics_port}\""),
+            ),
+            "incidents",
+            &format!("path = {:?}", db.display().to_string()),
+        );
         std::fs::write(&config_path, &config_toml).expect("write config");
         let cfg = callguard::config::load(Some(&config_path)).expect("valid test config");
         let shutdown = CancellationToken::new();
@@ -76,6 +79,7 @@ impl Server {
             addr,
             metrics_port,
             config_path,
+            db_path: db,
             shutdown,
             thread: Some(thread),
             _dir: dir,
@@ -122,6 +126,16 @@ impl Server {
         if let Some(t) = self.thread.take() {
             t.join().expect("server thread");
         }
+    }
+}
+
+/// Put `line` first in TOML table `[section]`, adding the table if `toml` has none.
+pub fn inject(toml: &str, section: &str, line: &str) -> String {
+    let header = format!("[{section}]");
+    if toml.contains(&header) {
+        toml.replacen(&header, &format!("{header}\n{line}"), 1)
+    } else {
+        format!("{header}\n{line}\n{toml}")
     }
 }
 
