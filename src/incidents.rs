@@ -448,7 +448,7 @@ pub fn render_export(call_id: &str, rows: &[Value], html: bool) -> String {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` for Unix milliseconds (UTC, proleptic Gregorian).
-fn format_utc(ms: i64) -> String {
+pub fn format_utc(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // civil-from-days (Howard Hinnant's algorithm)

@@ -665,6 +665,12 @@ pub async fn bench(cfg: &Config, opts: &BenchOptions) -> Result<serde_json::Valu
             let log = std::fs::File::create(opts.out.with_file_name("server.log"))?;
             let mut cmd = std::process::Command::new(std::env::current_exe()?);
             cmd.args(["serve", "--addr", &format!("127.0.0.1:{port}")]);
+            // a fresh incident database beside the summary: the store's writes are part of the cost
+            let db = opts.out.with_file_name("incidents.sqlite");
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+            }
+            cmd.arg("--incidents-db").arg(&db);
             if let Some(path) = &opts.config_path {
                 cmd.arg("--config").arg(path);
             }

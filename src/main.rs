@@ -38,6 +38,9 @@ enum Command {
         /// Listen address, overriding server.addr.
         #[arg(long)]
         addr: Option<SocketAddr>,
+        /// Incident database, overriding incidents.path.
+        #[arg(long)]
+        incidents_db: Option<PathBuf>,
     },
     /// Score a JSONL file of utterances ({"id","text","lang"?,"speaker"?}) offline.
     Score {
@@ -62,6 +65,11 @@ enum Command {
         /// Config for the server replay starts itself.
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+    /// Read the incident store: a call's report, or per-team counts.
+    Incidents {
+        #[command(subcommand)]
+        command: IncidentsCommand,
     },
     /// Validate a config file and exit.
     CheckConfig { file: PathBuf },
@@ -90,6 +98,44 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum IncidentsCommand {
+    /// Everything stored for one call, for a police report or a debrief.
+    Export {
+        #[arg(long)]
+        call: String,
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+        /// Database (default: incidents.path from the config).
+        #[arg(long)]
+        db: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Output file (default: standard output).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Alerts and calls per team and alert kind, for well-being follow-up.
+    Stats {
+        /// Look back this many days.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+        #[arg(long)]
+        db: Option<PathBuf>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Json,
+    Text,
+    Html,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     callguard::telemetry::init(args.log_json);
@@ -114,8 +160,15 @@ fn try_main(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
         },
-        Command::Serve { config, addr } => {
-            let cfg = load_config(config.as_deref())?;
+        Command::Serve {
+            config,
+            addr,
+            incidents_db,
+        } => {
+            let mut cfg = load_config(config.as_deref())?;
+            if let Some(db) = incidents_db {
+                cfg.incidents.path = db;
+            }
             let addr = match addr {
                 Some(addr) => addr,
                 None => cfg.server.addr.parse().context("server.addr")?,
@@ -130,6 +183,7 @@ fn try_main(args: Args) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             })
         }
+        Command::Incidents { command } => incidents(command),
         Command::Score {
             input,
             output,
@@ -193,7 +247,9 @@ fn try_main(args: Args) -> anyhow::Result<ExitCode> {
             output,
             config,
         } => {
-            let cfg = load_config(config.as_deref())?;
+            let mut cfg = load_config(config.as_deref())?;
+            // replayed calls are tests, not incidents: the server replay starts keeps them in memory
+            cfg.incidents.path = PathBuf::from(":memory:");
             let reader =
                 BufReader::new(File::open(&input).with_context(|| input.display().to_string())?);
             let bad = runtime()?.block_on(async move {
@@ -224,6 +280,88 @@ fn try_main(args: Args) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(2)
             })
+        }
+    }
+}
+
+fn incidents(command: IncidentsCommand) -> anyhow::Result<ExitCode> {
+    use callguard::incidents as store;
+    let db_path = |db: Option<PathBuf>, config: Option<PathBuf>| -> anyhow::Result<PathBuf> {
+        let path = match db {
+            Some(db) => db,
+            None => load_config(config.as_deref())?.incidents.path,
+        };
+        // reading must not create an empty database where the real one is expected
+        anyhow::ensure!(path.exists(), "no incident database at {}", path.display());
+        Ok(path)
+    };
+    match command {
+        IncidentsCommand::Export {
+            call,
+            format,
+            db,
+            config,
+            output,
+        } => {
+            let rows = store::export_call(&db_path(db, config)?, &call)?;
+            if rows.is_empty() {
+                eprintln!("no incidents stored for call {call}");
+            }
+            with_output(output.as_deref(), |out| {
+                match format {
+                    Format::Json => {
+                        let doc = serde_json::json!({
+                            "call_id": call,
+                            "exported_at": store::format_utc(store::now_ms()),
+                            "incidents": rows,
+                        });
+                        writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+                    }
+                    Format::Text | Format::Html => {
+                        let html = format == Format::Html;
+                        out.write_all(store::render_export(&call, &rows, html).as_bytes())?;
+                    }
+                }
+                Ok(())
+            })?;
+            Ok(if rows.is_empty() {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        IncidentsCommand::Stats {
+            days,
+            format,
+            db,
+            config,
+        } => {
+            let since = store::now_ms() - i64::from(days) * 86_400_000;
+            let stats = store::team_stats(&db_path(db, config)?, since)?;
+            with_output(None, |out| {
+                if format == Format::Json {
+                    let rows: Vec<_> = stats
+                        .iter()
+                        .map(|(team, kind, alerts, calls)| {
+                            serde_json::json!({"team": team, "kind": kind, "alerts": alerts, "calls": calls})
+                        })
+                        .collect();
+                    let doc = serde_json::json!({"days": days, "teams": rows});
+                    writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?;
+                } else {
+                    writeln!(out, "alerts in the last {days} days, per team and kind")?;
+                    writeln!(
+                        out,
+                        "{:<20} {:<18} {:>8} {:>8}",
+                        "team", "kind", "alerts", "calls"
+                    )?;
+                    for (team, kind, alerts, calls) in &stats {
+                        writeln!(out, "{team:<20} {kind:<18} {alerts:>8} {calls:>8}")?;
+                    }
+                }
+                Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -5,32 +5,9 @@ mod common;
 use std::time::Duration;
 
 use callguard::proto as pb;
-use common::{Call, Feed, Server, end_event, start_event, unique, utterance};
+use common::*;
 use pb::Speaker::{Agent, Customer};
 use tonic::Code;
-
-const THREAT_SV: &str = "jag vet var du bor och jag kommer hem till dig ikväll med en kniv";
-const THREAT_NB: &str = "jeg skal komme på kontoret deres og skyte dere alle sammen";
-const ABUSE_SV: &str = "du är en värdelös jävla idiot och du borde skämmas";
-const ABUSE_DA: &str = "du er simpelthen for dum til det her job din lille kælling";
-const WARNING_SV: &str =
-    "om du fortsätter att prata till mig på det sättet kommer jag att avsluta samtalet";
-const WARNING_DA: &str = "hvis du bliver ved med at tale sådan til mig lægger jeg på";
-const SELF_HARM_SV: &str = "jag orkar inte mer jag tänker ta livet av mig ikväll";
-const COMPLAINTS: [(&str, &str); 3] = [
-    (
-        "sv",
-        "det här är en skandal, tredubblad elräkning, jag ringer Konsumentverket och pressen imorgon",
-    ),
-    (
-        "nb",
-        "dette er helt uakseptabelt, jeg har ventet i førti minutter og nå vil jeg snakke med en leder",
-    ),
-    (
-        "da",
-        "jeg er så træt af jer, pakken er væk igen og jeg vil have pengene tilbage nu",
-    ),
-];
 
 fn kinds(scored: &pb::UtteranceScored) -> Vec<&str> {
     scored.alert_kinds.iter().map(String::as_str).collect()

@@ -18,6 +18,30 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+/// Utterances whose labels the model gets right by a wide margin.
+pub const THREAT_SV: &str = "jag vet var du bor och jag kommer hem till dig ikväll med en kniv";
+pub const THREAT_NB: &str = "jeg skal komme på kontoret deres og skyte dere alle sammen";
+pub const ABUSE_SV: &str = "du är en värdelös jävla idiot och du borde skämmas";
+pub const ABUSE_DA: &str = "du er simpelthen for dum til det her job din lille kælling";
+pub const WARNING_SV: &str =
+    "om du fortsätter att prata till mig på det sättet kommer jag att avsluta samtalet";
+pub const WARNING_DA: &str = "hvis du bliver ved med at tale sådan til mig lægger jeg på";
+pub const SELF_HARM_SV: &str = "jag orkar inte mer jag tänker ta livet av mig ikväll";
+pub const COMPLAINTS: [(&str, &str); 3] = [
+    (
+        "sv",
+        "det här är en skandal, tredubblad elräkning, jag ringer Konsumentverket och pressen imorgon",
+    ),
+    (
+        "nb",
+        "dette er helt uakseptabelt, jeg har ventet i førti minutter og nå vil jeg snakke med en leder",
+    ),
+    (
+        "da",
+        "jeg er så træt af jer, pakken er væk igen og jeg vil have pengene tilbage nu",
+    ),
+];
+
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub struct Server {
@@ -93,7 +117,12 @@ impl Server {
     }
 
     pub async fn channel(&self) -> Channel {
-        let endpoint = format!("http://{}", self.addr);
+        Server::connect(&format!("http://{}", self.addr)).await
+    }
+
+    /// A channel to the server at `endpoint`, once it reports itself serving.
+    pub async fn connect(endpoint: &str) -> Channel {
+        let endpoint = endpoint.to_string();
         // the model loads after bind: retry until the server answers
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
