@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "proto/callguard/v1/ingest.proto",
                 "proto/callguard/v1/alerts.proto",
+                "proto/callguard/v1/ops.proto",
             ],
             &["proto"],
         )?;

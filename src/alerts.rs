@@ -54,6 +54,8 @@ struct Feed {
     buffer: VecDeque<Arc<Alert>>,
     /// Live subscribers; the receiving end is the softphone's stream task. Full or closed: dropped.
     subscribers: Vec<mpsc::Sender<FeedItem>>,
+    /// The agent's team, from their latest call (supervisor scope).
+    team: Option<Arc<str>>,
 }
 
 /// The registry of every agent's feed.
@@ -76,6 +78,7 @@ impl AlertHub {
                     next_seq: 1,
                     buffer: VecDeque::new(),
                     subscribers: Vec::new(),
+                    team: None,
                 }))
             })
             .clone()
@@ -160,11 +163,23 @@ impl AlertHub {
         }
     }
 
-    /// The team an agent's latest alert came from (supervisor scope checks).
+    /// Record the team of an agent's call (supervisor scope checks).
+    pub fn set_team(&self, agent: &AgentId, team: &Arc<str>) {
+        let feed = self.feed(agent);
+        let mut feed = feed.lock().unwrap_or_else(|p| p.into_inner());
+        if feed.team.as_ref() != Some(team) {
+            feed.team = Some(team.clone());
+        }
+    }
+
+    /// The agent's team: from their latest call, else from their latest recorded alert.
     pub fn team_of(&self, agent: &AgentId) -> Option<Arc<str>> {
         let feed = self.feeds.get(agent)?.value().clone();
         let feed = feed.lock().unwrap_or_else(|p| p.into_inner());
-        feed.buffer.back().map(|a| a.team.clone())
+        feed.team
+            .clone()
+            .or_else(|| feed.buffer.back().map(|a| a.team.clone()))
+            .filter(|t| !t.is_empty())
     }
 
     /// The last sequence number given to an agent's alerts (0 if none).

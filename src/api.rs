@@ -2,7 +2,8 @@
 //!
 //! `Ingest.StreamCall` runs one task per call stream that reads events in order and hands them
 //! to the session layer; `AlertFeed.Subscribe` turns an agent's feed into a server stream;
-//! `Scoring.Score` scores one text. Errors become statuses through `error.rs` only.
+//! `Scoring.Score` scores one text; `Ops` reports status and exports incidents. Every handler
+//! first checks its caller's scope (`auth`). Errors become statuses through `error.rs` only.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio_util::task::TaskTracker;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::alerts::{Alert, FeedItem};
+use crate::auth::{self, Action};
 use crate::domain::{AgentId, AlertKind, Evidence, Label, Lang, Scores, Speaker};
 use crate::error::Error;
 use crate::proto as pb;
@@ -31,6 +33,23 @@ pub struct Api {
     pub shutdown: CancellationToken,
     /// Every call-stream task; shutdown waits on it before closing the alert feeds.
     pub calls: TaskTracker,
+    pub started: std::time::Instant,
+}
+
+impl Api {
+    /// Refuse the request unless its authenticated caller may do `action`.
+    fn authorize<T>(&self, request: &Request<T>, action: Action<'_>) -> Result<(), Status> {
+        auth::principal_of(request)
+            .and_then(|principal| auth::authorize(&principal, action))
+            .map_err(|err| {
+                let reason = match err {
+                    Error::Unauthenticated(_) => Reject::Unauthenticated,
+                    _ => Reject::PermissionDenied,
+                };
+                tracing::warn!(reason = %err, "request refused");
+                self.sessions.reject(reason, err).into()
+            })
+    }
 }
 
 #[tonic::async_trait]
@@ -41,6 +60,7 @@ impl pb::ingest_server::Ingest for Api {
         &self,
         request: Request<Streaming<pb::CallEvent>>,
     ) -> Result<Response<Self::StreamCallStream>, Status> {
+        self.authorize(&request, Action::StreamCall)?;
         let mut inbound = request.into_inner();
         // bounded: a client that stops reading acks holds up only its own call
         let (tx, rx) = mpsc::channel(ACK_QUEUE);
@@ -104,8 +124,9 @@ impl Api {
                 _ = handle.expired() => return Err(Status::deadline_exceeded("call expired after being idle")),
                 msg = inbound.message() => match msg {
                     Ok(Some(event)) => event,
-                    // the client closed its side or the transport broke: the call stays resumable
-                    Ok(None) | Err(_) => return Ok(()),
+                    Err(status) => return Err(self.inbound_error(status)),
+                    // the client closed its side: the call stays resumable
+                    Ok(None) => return Ok(()),
                 },
             };
             let ack = match event.event {
@@ -151,6 +172,27 @@ impl Api {
     }
 }
 
+impl Api {
+    /// A message that could not be read from a call stream. Oversized and malformed messages
+    /// are the client's fault and get their own status; a broken transport has nobody to tell.
+    fn inbound_error(&self, status: Status) -> Status {
+        let max = self.sessions.config().server.max_message_bytes;
+        let (reason, err) = match status.code() {
+            tonic::Code::OutOfRange => (
+                Reject::MessageTooLarge,
+                Error::ResourceExhausted(format!("message over server.max_message_bytes = {max}")),
+            ),
+            tonic::Code::Internal if !status.message().contains("EOF") => (
+                Reject::BadMessage,
+                Error::InvalidArgument("malformed message".into()),
+            ),
+            _ => return status,
+        };
+        tracing::warn!(reason = reason.name(), "call stream refused a message");
+        self.sessions.reject(reason, err).into()
+    }
+}
+
 fn outcome_ack(utterance_id: String, outcome: Outcome) -> pb::call_ack::Ack {
     match outcome {
         Outcome::Partial { seen } => pb::call_ack::Ack::Partial(pb::PartialAccepted {
@@ -176,12 +218,20 @@ impl pb::alert_feed_server::AlertFeed for Api {
         &self,
         request: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let req = request.into_inner();
-        if req.agent_id.trim().is_empty() {
+        if request.get_ref().agent_id.trim().is_empty() {
             return Err(Error::InvalidArgument("agent_id is empty".into()).into());
         }
+        let agent = AgentId(request.get_ref().agent_id.as_str().into());
+        let team = self.sessions.alerts().team_of(&agent);
+        self.authorize(
+            &request,
+            Action::Subscribe {
+                agent: &agent,
+                team: team.as_deref(),
+            },
+        )?;
+        let req = request.into_inner();
         let cfg = self.sessions.config();
-        let agent = AgentId(req.agent_id.into());
         let feed =
             self.sessions
                 .alerts()
@@ -199,6 +249,7 @@ impl pb::scoring_server::Scoring for Api {
         &self,
         request: Request<pb::ScoreRequest>,
     ) -> Result<Response<pb::ScoreResponse>, Status> {
+        self.authorize(&request, Action::Score)?;
         let req = request.into_inner();
         let cfg = self.sessions.config();
         if req.text.trim().is_empty() {
@@ -238,6 +289,44 @@ impl pb::scoring_server::Scoring for Api {
                 .map(|e| evidence_to(e, &text))
                 .collect(),
             degraded: scored.degraded,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::ops_server::Ops for Api {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.authorize(&request, Action::Ops)?;
+        let stats = &self.sessions.stats;
+        Ok(Response::new(pb::StatusResponse {
+            config_version: self.sessions.config().version,
+            active_calls: self.sessions.active_calls() as u64,
+            uptime_s: self.started.elapsed().as_secs(),
+            degraded_finals: stats.degraded.load(std::sync::atomic::Ordering::Relaxed),
+        }))
+    }
+
+    async fn export_call(
+        &self,
+        request: Request<pb::ExportCallRequest>,
+    ) -> Result<Response<pb::ExportCallResponse>, Status> {
+        self.authorize(&request, Action::Ops)?;
+        let call_id = request.into_inner().call_id;
+        session::valid_id("call_id", &call_id)?;
+        let path = self.sessions.store().path().to_path_buf();
+        let id = call_id.clone();
+        // a read connection of its own: WAL lets it read beside the writer
+        let rows = tokio::task::spawn_blocking(move || crate::incidents::export_call(&path, &id))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        Ok(Response::new(pb::ExportCallResponse {
+            call_id,
+            incidents: rows.len() as u32,
+            json: serde_json::Value::Array(rows).to_string(),
         }))
     }
 }

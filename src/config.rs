@@ -49,6 +49,8 @@ pub struct Config {
     pub crisis_lines: PerLang<String>,
     pub texts: Texts,
     pub incidents: IncidentsConfig,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
     /// Increases by one with every successful reload; recorded with alerts and incidents.
     #[serde(skip)]
     pub version: u64,
@@ -64,6 +66,14 @@ pub struct ServerConfig {
     /// Prometheus endpoint (GET /metrics); empty turns it off.
     pub metrics_addr: String,
     pub shutdown_grace_s: u64,
+    /// Largest gRPC message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// HTTP/2 streams (calls, subscriptions) open at once on one connection.
+    pub max_streams_per_connection: u32,
+    /// HTTP/2 keepalive: ping an idle connection this often, drop it when the ping is not
+    /// answered within the timeout (half-open connections of crashed clients).
+    pub keepalive_interval_s: u64,
+    pub keepalive_timeout_s: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -97,6 +107,10 @@ pub struct LimitsConfig {
     pub call_idle_expiry_s: u64,
     pub alert_replay_per_agent: usize,
     pub subscriber_queue: usize,
+    /// Utterance events (partials and finals) one call may send per second, on average ...
+    pub call_events_per_s: f64,
+    /// ... and in a burst.
+    pub call_event_burst: f64,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -108,6 +122,58 @@ pub struct IncidentsConfig {
     pub store_text: bool,
     /// Incidents older than this are deleted (at start and hourly).
     pub retention_days: u32,
+}
+
+/// Who may call what: bearer tokens (stored as SHA-256 hex) with a role each.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Clients on a loopback address need no token (a local first run); logged loudly at start.
+    pub loopback_without_token: bool,
+    pub tokens: Vec<TokenConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// SHA-256 of the token, lowercase hex (`callguard hash-token`).
+    pub sha256: String,
+    pub role: Role,
+    /// Shown in logs instead of the token.
+    #[serde(default)]
+    pub name: String,
+    /// For `agent`: the one agent whose alerts this token may read.
+    #[serde(default)]
+    pub agent_id: Option<String>,
+    /// For `supervisor`: the team whose agents' alerts this token may read.
+    #[serde(default)]
+    pub team: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The telephony platform: streams calls, scores text.
+    Ingest,
+    /// One agent's softphone.
+    Agent,
+    /// A team lead: the alerts of the team's agents.
+    Supervisor,
+    /// Operations: config status and incident export.
+    Ops,
+}
+
+/// TLS (rustls) for the gRPC port; off when `cert` is empty.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain and private key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// PEM CA bundle for client certificates (mTLS); empty: no client certificates.
+    pub client_ca: PathBuf,
+    /// With `client_ca`: also accept clients without a certificate (they still need a token).
+    pub client_auth_optional: bool,
 }
 
 /// Where a label's score comes from.
@@ -429,6 +495,83 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key, value, "must be > 0"));
             }
+        }
+        if !(l.call_events_per_s > 0.0 && l.call_events_per_s.is_finite()) {
+            return Err(invalid(
+                "limits.call_events_per_s",
+                l.call_events_per_s,
+                "must be > 0",
+            ));
+        }
+        if !(l.call_event_burst >= 1.0 && l.call_event_burst.is_finite()) {
+            return Err(invalid(
+                "limits.call_event_burst",
+                l.call_event_burst,
+                "must be >= 1",
+            ));
+        }
+        let srv = &self.server;
+        if !(1024..=64 << 20).contains(&srv.max_message_bytes) {
+            return Err(invalid(
+                "server.max_message_bytes",
+                srv.max_message_bytes,
+                "must be 1 KiB..=64 MiB",
+            ));
+        }
+        if srv.max_streams_per_connection == 0 {
+            return Err(invalid(
+                "server.max_streams_per_connection",
+                0,
+                "must be > 0",
+            ));
+        }
+        if srv.keepalive_interval_s == 0 || srv.keepalive_timeout_s == 0 {
+            return Err(invalid(
+                "server.keepalive_interval_s",
+                srv.keepalive_interval_s.min(srv.keepalive_timeout_s),
+                "keepalive interval and timeout must be > 0",
+            ));
+        }
+        for (i, token) in self.auth.tokens.iter().enumerate() {
+            let key = |field: &str| format!("auth.tokens[{i}].{field}");
+            let hex = token.sha256.len() == 64
+                && token
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !hex {
+                return Err(invalid(
+                    &key("sha256"),
+                    &token.sha256,
+                    "must be 64 lowercase hex digits (callguard hash-token)",
+                ));
+            }
+            let blank = |v: &Option<String>| v.as_deref().is_none_or(|s| s.trim().is_empty());
+            if token.role == Role::Agent && blank(&token.agent_id) {
+                return Err(invalid(
+                    &key("agent_id"),
+                    "",
+                    "an agent token needs agent_id",
+                ));
+            }
+            if token.role == Role::Supervisor && blank(&token.team) {
+                return Err(invalid(&key("team"), "", "a supervisor token needs team"));
+            }
+        }
+        let tls = &self.tls;
+        if tls.cert.as_os_str().is_empty() != tls.key.as_os_str().is_empty() {
+            return Err(invalid(
+                "tls.key",
+                tls.key.display(),
+                "tls.cert and tls.key go together",
+            ));
+        }
+        if tls.cert.as_os_str().is_empty() && !tls.client_ca.as_os_str().is_empty() {
+            return Err(invalid(
+                "tls.client_ca",
+                tls.client_ca.display(),
+                "client certificates need tls.cert and tls.key",
+            ));
         }
         if self.incidents.retention_days == 0 {
             return Err(invalid("incidents.retention_days", 0, "must be > 0"));

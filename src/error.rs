@@ -25,9 +25,18 @@ pub enum Error {
     /// The model is not loaded, or the server is shutting down.
     #[error("{0}")]
     Unavailable(String),
+    /// No valid credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Valid credentials, but not for this.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The model failed on a batch. Logged; the client sees a generic message.
     #[error("model failure: {0}")]
     Model(String),
+    /// Anything else inside the server (the incident store, a failed task). Same as `Model`.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -42,14 +51,16 @@ impl Error {
             Error::NotFound(_) => Code::NotFound,
             Error::ResourceExhausted(_) => Code::ResourceExhausted,
             Error::Unavailable(_) => Code::Unavailable,
-            Error::Model(_) => Code::Internal,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Model(_) | Error::Internal(_) => Code::Internal,
         }
     }
 
     /// The message a client may see: internal causes stay in the log.
     pub fn public_message(&self) -> String {
         match self {
-            Error::Model(cause) => {
+            Error::Model(cause) | Error::Internal(cause) => {
                 tracing::error!(error = %cause, "internal error");
                 "internal error".to_string()
             }

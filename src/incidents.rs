@@ -47,6 +47,8 @@ pub struct Incident {
 enum Write {
     Record(Vec<Incident>, oneshot::Sender<Result<(), String>>),
     Prune(i64),
+    /// Commit what is queued, checkpoint the WAL and stop (shutdown).
+    Close,
 }
 
 /// Handle to the writer thread. Clones share it; the thread ends when the last is dropped,
@@ -154,6 +156,11 @@ impl IncidentStore {
         ))
     }
 
+    /// Stop the writer after it commits what is queued. Later `record`s fail with `Stopped`.
+    pub fn close(&self) {
+        let _ = self.tx.send(Write::Close);
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -186,7 +193,8 @@ impl IncidentStore {
 }
 
 fn write_loop(mut conn: Connection, rx: Receiver<Write>) {
-    while let Ok(first) = rx.recv() {
+    let mut closing = false;
+    while !closing && let Ok(first) = rx.recv() {
         let mut batch = Vec::new();
         let mut waiters = Vec::new();
         let mut next = Some(first);
@@ -205,8 +213,9 @@ fn write_loop(mut conn: Connection, rx: Receiver<Write>) {
                         tracing::error!(error = %err, "incident retention failed");
                     }
                 }
+                Write::Close => closing = true,
             }
-            if batch.len() < 512 {
+            if batch.len() < 512 && !closing {
                 next = rx.try_recv().ok();
             }
         }
@@ -214,6 +223,9 @@ fn write_loop(mut conn: Connection, rx: Receiver<Write>) {
         for done in waiters {
             let _ = done.send(result.clone());
         }
+    }
+    if let Err(err) = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE") {
+        tracing::warn!(error = %err, "incident store checkpoint at close");
     }
 }
 

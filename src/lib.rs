@@ -12,6 +12,8 @@
 //!  └ tonic services: Ingest (bidi per call), AlertFeed (server stream per agent), Scoring
 //! ```
 //!
+//! - `auth`: bearer tokens with roles, checked by an interceptor and per handler.
+//! - `incidents`: every alert in SQLite (WAL), committed before the utterance is acknowledged.
 //! - `config`: TOML with embedded defaults, validation, hot reload through a `watch` channel.
 //! - `telemetry`: tracing setup. `error`: typed errors and their single mapping to gRPC status.
 //! - `offline` and `replay`: the `callguard score` and `callguard replay` commands.
@@ -20,6 +22,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
@@ -69,18 +72,41 @@ pub enum RunError {
     Transport(#[from] tonic::transport::Error),
     #[error("{0}")]
     Store(#[from] incidents::StoreError),
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("metrics endpoint {0}: {1}")]
     Metrics(String, std::io::Error),
 }
 
-/// The gRPC service names, for health checking.
 /// The gRPC service names for health checking; "" is the server as a whole.
-pub const SERVICES: [&str; 4] = [
+pub const SERVICES: [&str; 5] = [
     "",
     "callguard.v1.Ingest",
     "callguard.v1.AlertFeed",
     "callguard.v1.Scoring",
+    "callguard.v1.Ops",
 ];
+
+/// rustls settings from `[tls]`, or None when it is off. Files are read once, at start.
+fn tls_config(
+    tls: &config::TlsConfig,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, RunError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    if tls.cert.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| RunError::Tls(format!("{}: {e}", path.display())))
+    };
+    let mut out =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+    if !tls.client_ca.as_os_str().is_empty() {
+        out = out
+            .client_ca_root(Certificate::from_pem(read(&tls.client_ca)?))
+            .client_auth_optional(tls.client_auth_optional);
+    }
+    Ok(Some(out))
+}
 
 /// The shutdown sequence, run when `shutdown` fires: report NOT_SERVING, let every call stream
 /// finish its in-flight final (its alerts are published as it completes), then close the alert
@@ -167,6 +193,7 @@ pub async fn run(
         }
     };
     tasks.spawn(retention);
+    let store_handle = store.clone();
     let sessions = Arc::new(session::Sessions::new(scorer, hub, store, config_rx));
     tasks.spawn(sessions.clone().run_expiry(shutdown.clone()));
     if !cfg.server.metrics_addr.is_empty() {
@@ -195,7 +222,27 @@ pub async fn run(
         sessions: sessions.clone(),
         shutdown: shutdown.clone(),
         calls: TaskTracker::new(),
+        started: std::time::Instant::now(),
     };
+    if cfg.auth.loopback_without_token {
+        tracing::warn!(
+            "AUTH IS OFF FOR LOOPBACK: clients on 127.0.0.1/::1 need no token \
+             (auth.loopback_without_token = true, meant for a local first run only)"
+        );
+    }
+    if cfg.auth.tokens.is_empty() && !cfg.auth.loopback_without_token {
+        tracing::warn!("auth.tokens is empty: every request will be refused");
+    }
+    let tls = tls_config(&cfg.tls)?;
+    tracing::info!(
+        tls = tls.is_some(),
+        mtls = !cfg.tls.client_ca.as_os_str().is_empty(),
+        "transport"
+    );
+    let authn = auth::Authenticate {
+        sessions: sessions.clone(),
+    };
+    let max_message = cfg.server.max_message_bytes;
     for service in SERVICES {
         health_reporter
             .set_service_status(service, ServingStatus::Serving)
@@ -203,13 +250,41 @@ pub async fn run(
     }
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "callguard serving");
-    let server = tonic::transport::Server::builder()
+    let srv = &cfg.server;
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(srv.max_streams_per_connection)
+        .http2_keepalive_interval(Some(Duration::from_secs(srv.keepalive_interval_s)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(srv.keepalive_timeout_s)));
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| RunError::Tls(e.to_string()))?;
+    }
+    let server = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(proto::ingest_server::IngestServer::new(api.clone()))
-        .add_service(proto::alert_feed_server::AlertFeedServer::new(api.clone()))
-        .add_service(proto::scoring_server::ScoringServer::new(api.clone()))
+        .add_service(
+            authn.guard(
+                proto::ingest_server::IngestServer::new(api.clone())
+                    .max_decoding_message_size(max_message),
+            ),
+        )
+        .add_service(
+            authn.guard(
+                proto::alert_feed_server::AlertFeedServer::new(api.clone())
+                    .max_decoding_message_size(max_message),
+            ),
+        )
+        .add_service(
+            authn.guard(
+                proto::scoring_server::ScoringServer::new(api.clone())
+                    .max_decoding_message_size(max_message),
+            ),
+        )
+        .add_service(authn.guard(
+            proto::ops_server::OpsServer::new(api.clone()).max_decoding_message_size(max_message),
+        ))
         .serve_with_incoming_shutdown(
             // small acks and alerts must not wait for Nagle + delayed ACK (~40 ms)
             TcpListenerStream::new(listener).map(|conn| {
@@ -245,7 +320,8 @@ pub async fn run(
     if tokio::time::timeout(grace, joined).await.is_err() {
         tracing::warn!("scoring worker still busy at exit");
     }
-    // the last store handle went with the sessions: the writer commits what is queued, then ends
+    // every acknowledged incident is committed already; this commits any still queued
+    store_handle.close();
     if tokio::time::timeout(
         grace,
         tokio::task::spawn_blocking(move || store_writer.join()),

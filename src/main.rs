@@ -71,6 +71,8 @@ enum Command {
         #[command(subcommand)]
         command: IncidentsCommand,
     },
+    /// Print the SHA-256 of a token read from standard input, for auth.tokens[].sha256.
+    HashToken,
     /// Validate a config file and exit.
     CheckConfig { file: PathBuf },
     /// Load-test a server like a telephony platform (raw model ceiling, saturation, 70 % load,
@@ -184,6 +186,14 @@ fn try_main(args: Args) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Incidents { command } => incidents(command),
+        Command::HashToken => {
+            let mut token = String::new();
+            std::io::stdin().read_line(&mut token)?;
+            let token = token.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(token.len() >= 16, "a token needs at least 16 characters");
+            println!("{}", callguard::auth::hash_token(token));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Score {
             input,
             output,

@@ -87,6 +87,37 @@ struct CallState {
     partials: u64,
     results: HashMap<Arc<str>, FinalResult>,
     last_utterance: Option<Arc<str>>,
+    /// Utterance events allowed (limits.call_events_per_s).
+    rate: TokenBucket,
+}
+
+/// A token bucket: `rate` tokens a second up to `burst`; each event takes one.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenBucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    pub fn full(burst: f64, now: Instant) -> TokenBucket {
+        TokenBucket {
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Take one token if there is one. Rate and burst come from the live config each time.
+    pub fn take(&mut self, now: Instant, rate: f64, burst: f64) -> bool {
+        let refill = now.saturating_duration_since(self.at).as_secs_f64() * rate;
+        self.tokens = (self.tokens + refill).min(burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 pub struct Call {
@@ -120,10 +151,12 @@ pub enum Reject {
     RateLimited,
     Unauthenticated,
     PermissionDenied,
+    MessageTooLarge,
+    BadMessage,
 }
 
 impl Reject {
-    pub const ALL: [Reject; 14] = [
+    pub const ALL: [Reject; 16] = [
         Reject::BadId,
         Reject::UnknownLanguage,
         Reject::EmptyText,
@@ -138,6 +171,8 @@ impl Reject {
         Reject::RateLimited,
         Reject::Unauthenticated,
         Reject::PermissionDenied,
+        Reject::MessageTooLarge,
+        Reject::BadMessage,
     ];
 
     pub fn name(self) -> &'static str {
@@ -156,13 +191,15 @@ impl Reject {
             Reject::RateLimited => "rate_limited",
             Reject::Unauthenticated => "unauthenticated",
             Reject::PermissionDenied => "permission_denied",
+            Reject::MessageTooLarge => "message_too_large",
+            Reject::BadMessage => "bad_message",
         }
     }
 }
 
 /// A counter per `Reject` reason.
 #[derive(Debug, Default)]
-pub struct RejectCounters([AtomicU64; 14]);
+pub struct RejectCounters([AtomicU64; 16]);
 
 impl RejectCounters {
     pub fn count(&self, reason: Reject) {
@@ -225,6 +262,10 @@ impl Sessions {
     pub fn reject(&self, reason: Reject, err: Error) -> Error {
         self.stats.rejects.count(reason);
         err
+    }
+
+    pub fn store(&self) -> &IncidentStore {
+        &self.store
     }
 
     pub fn scorer(&self) -> &Scorer {
@@ -318,10 +359,14 @@ impl Sessions {
                         partials: 0,
                         results: HashMap::new(),
                         last_utterance: None,
+                        rate: TokenBucket::full(cfg.limits.call_event_burst, now),
                     }),
                     expired: CancellationToken::new(),
                 });
                 slot.insert(call.clone());
+                if !call.meta.team.is_empty() {
+                    self.alerts.set_team(&call.meta.agent_id, &call.meta.team);
+                }
                 self.stats.calls_started.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(call_id = %call_id, agent_id = %call.meta.agent_id, lang = %lang, "call started");
                 call
@@ -466,6 +511,21 @@ impl CallHandle {
                 Error::InvalidArgument("speaker must be agent or customer".into()),
             ));
         }
+        let limits = &cfg.limits;
+        let allowed = self.call.state().rate.take(
+            received,
+            limits.call_events_per_s,
+            limits.call_event_burst,
+        );
+        if !allowed {
+            return Err(s.reject(
+                Reject::RateLimited,
+                Error::ResourceExhausted(format!(
+                    "call sends more than limits.call_events_per_s = {} events a second",
+                    limits.call_events_per_s
+                )),
+            ));
+        }
         if utt.text.len() > cfg.limits.max_text_bytes {
             return Err(s.reject(
                 Reject::TextTooLong,
@@ -600,7 +660,7 @@ impl Drop for CallHandle {
     }
 }
 
-fn valid_id<'a>(field: &str, value: &'a str) -> Result<&'a str> {
+pub fn valid_id<'a>(field: &str, value: &'a str) -> Result<&'a str> {
     if value.trim().is_empty() {
         return Err(Error::InvalidArgument(format!("{field} is empty")));
     }

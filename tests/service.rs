@@ -395,7 +395,7 @@ async fn a_config_edit_changes_a_threshold_on_the_running_server() {
     let scored = call.say("u1", Customer, THREAT_SV).await;
     assert!(scored.alert_kinds.is_empty(), "{scored:?}");
     drop((call, scoring, ch));
-    server.stop();
+    server.stop().await;
 }
 
 #[tokio::test]

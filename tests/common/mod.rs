@@ -150,10 +150,14 @@ impl Server {
         }
     }
 
-    pub fn stop(mut self) {
+    /// Shut the server down and wait for it. Async so that the test's own clients keep
+    /// running meanwhile (they must see their streams end for the drain to finish).
+    pub async fn stop(mut self) {
         self.shutdown.cancel();
         if let Some(t) = self.thread.take() {
-            t.join().expect("server thread");
+            tokio::task::spawn_blocking(move || t.join().expect("server thread"))
+                .await
+                .expect("join");
         }
     }
 }
@@ -210,12 +214,22 @@ pub fn end_event() -> pb::CallEvent {
 impl Call {
     /// Open a stream and send `first` (normally a start event).
     pub async fn open(channel: &Channel, first: pb::CallEvent) -> Result<Call, tonic::Status> {
+        Call::open_as(channel, None, first).await
+    }
+
+    /// `open` with a bearer token.
+    pub async fn open_as(
+        channel: &Channel,
+        token: Option<&str>,
+        first: pb::CallEvent,
+    ) -> Result<Call, tonic::Status> {
         let (tx, rx) = mpsc::channel(64);
         tx.send(first).await.expect("queue first event");
-        let acks = pb::ingest_client::IngestClient::new(channel.clone())
-            .stream_call(ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let acks =
+            pb::ingest_client::IngestClient::with_interceptor(channel.clone(), Bearer::new(token))
+                .stream_call(ReceiverStream::new(rx))
+                .await?
+                .into_inner();
         Ok(Call { tx, acks })
     }
 
@@ -271,15 +285,29 @@ pub struct Feed {
 
 impl Feed {
     pub async fn subscribe(channel: &Channel, agent_id: &str, resume_after: u64) -> Feed {
-        let stream = pb::alert_feed_client::AlertFeedClient::new(channel.clone())
-            .subscribe(pb::SubscribeRequest {
-                agent_id: agent_id.into(),
-                resume_after,
-            })
+        Feed::subscribe_as(channel, None, agent_id, resume_after)
             .await
             .expect("subscribe")
-            .into_inner();
-        Feed { stream }
+    }
+
+    /// `subscribe` with a bearer token, returning the refusal status if any.
+    pub async fn subscribe_as(
+        channel: &Channel,
+        token: Option<&str>,
+        agent_id: &str,
+        resume_after: u64,
+    ) -> Result<Feed, tonic::Status> {
+        let stream = pb::alert_feed_client::AlertFeedClient::with_interceptor(
+            channel.clone(),
+            Bearer::new(token),
+        )
+        .subscribe(pb::SubscribeRequest {
+            agent_id: agent_id.into(),
+            resume_after,
+        })
+        .await?
+        .into_inner();
+        Ok(Feed { stream })
     }
 
     pub async fn next_event(&mut self) -> pb::alert_event::Event {
@@ -303,6 +331,25 @@ impl Feed {
         if let Ok(item) = tokio::time::timeout(wait, self.stream.next()).await {
             panic!("unexpected alert: {item:?}");
         }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to each request, when it has a token.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> Bearer {
+        Bearer(token.map(|t| format!("Bearer {t}").parse().expect("ascii token")))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            req.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(req)
     }
 }
 
