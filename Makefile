@@ -46,5 +46,16 @@ train: corpus
 eval: corpus model build
 	$(PY) models/eval.py
 
+## bench: raw model ceiling + load test over gRPC; writes target/bench/summary.json (< 10 min)
+BENCH_STAGE_SECS ?= 20
+bench: model build
+	$(BIN) loadgen --stage-secs $(BENCH_STAGE_SECS)
+
+## soak: faults under load (disconnects, SIGTERM and SIGKILL restarts, a config reload);
+##       writes target/soak/summary.json and fails if an alert or incident was lost
+SOAK_SECS ?= 600
+soak: model build
+	$(BIN) soak --secs $(SOAK_SECS)
+
 clean-model:
 	rm -rf models/build models/work

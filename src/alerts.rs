@@ -107,32 +107,34 @@ impl AlertHub {
         alert
     }
 
-    /// Subscribe to an agent's alerts. Alerts with `seq > resume_after` still buffered are
-    /// queued first; if some of them are gone, a `Gap` says which. `resume_after` beyond the
-    /// last sequence number (a client from before a restart) replays the whole buffer.
+    /// Subscribe to an agent's alerts. With `resume_after`, alerts with a higher `seq` still
+    /// buffered are queued first (`Some(0)`: all of them); if some of them are gone, a `Gap`
+    /// says which. `resume_after` beyond the last sequence number (a client from before a
+    /// restart that lost the store) replays the whole buffer. Without it: new alerts only.
     pub fn subscribe(
         &self,
         agent: &AgentId,
-        resume_after: u64,
+        resume_after: Option<u64>,
         queue: usize,
     ) -> mpsc::Receiver<FeedItem> {
         let feed = self.feed(agent);
         let mut feed = feed.lock().unwrap_or_else(|p| p.into_inner());
         let last = feed.next_seq - 1;
-        // a client from before a restart (ahead of us) has seen none of this life's alerts
-        let from = if resume_after > last { 0 } else { resume_after };
-        let replay: Vec<Arc<Alert>> = if resume_after == 0 {
-            Vec::new()
-        } else {
-            feed.buffer
-                .iter()
-                .filter(|a| a.seq > from)
-                .cloned()
-                .collect()
+        let Some(after) = resume_after else {
+            let (tx, rx) = mpsc::channel(queue.max(1));
+            feed.subscribers.push(tx);
+            return rx;
         };
+        let from = if after > last { 0 } else { after };
+        let replay: Vec<Arc<Alert>> = feed
+            .buffer
+            .iter()
+            .filter(|a| a.seq > from)
+            .cloned()
+            .collect();
         let (tx, rx) = mpsc::channel(replay.len() + 1 + queue.max(1));
         let oldest = feed.buffer.front().map_or(feed.next_seq, |a| a.seq);
-        if from > 0 && oldest > from + 1 {
+        if oldest > from + 1 {
             let _ = tx.try_send(FeedItem::Gap {
                 from: from + 1,
                 to: oldest - 1,
@@ -252,7 +254,7 @@ mod tests {
     fn a_new_subscriber_gets_only_new_alerts() {
         let hub = AlertHub::new();
         hub.publish(alert("a", 0), 8);
-        let mut rx = hub.subscribe(&AgentId("a".into()), 0, 4);
+        let mut rx = hub.subscribe(&AgentId("a".into()), None, 4);
         hub.publish(alert("a", 1), 8);
         assert_eq!(drain(&mut rx), vec!["2"]);
     }
@@ -263,7 +265,7 @@ mod tests {
         for n in 0..5 {
             hub.publish(alert("a", n), 8);
         }
-        let mut rx = hub.subscribe(&AgentId("a".into()), 2, 4);
+        let mut rx = hub.subscribe(&AgentId("a".into()), Some(2), 4);
         hub.publish(alert("a", 5), 8);
         assert_eq!(drain(&mut rx), vec!["3", "4", "5", "6"]);
     }
@@ -274,21 +276,21 @@ mod tests {
         for n in 0..10 {
             hub.publish(alert("a", n), 3);
         }
-        let mut rx = hub.subscribe(&AgentId("a".into()), 2, 4);
+        let mut rx = hub.subscribe(&AgentId("a".into()), Some(2), 4);
         assert_eq!(drain(&mut rx), vec!["gap 3-7", "8", "9", "10"]);
     }
 
     #[test]
     fn a_slow_subscriber_is_dropped_without_blocking() {
         let hub = AlertHub::new();
-        let mut slow = hub.subscribe(&AgentId("a".into()), 0, 1);
+        let mut slow = hub.subscribe(&AgentId("a".into()), None, 1);
         for n in 0..5 {
             hub.publish(alert("a", n), 8);
         }
         // it got what fit, then was dropped: its stream ends and it can resume
         assert_eq!(drain(&mut slow), vec!["1", "2"]);
         assert!(slow.try_recv().is_err());
-        let mut again = hub.subscribe(&AgentId("a".into()), 2, 8);
+        let mut again = hub.subscribe(&AgentId("a".into()), Some(2), 8);
         assert_eq!(drain(&mut again), vec!["3", "4", "5"]);
     }
 }

@@ -236,7 +236,7 @@ impl pb::alert_feed_server::AlertFeed for Api {
             self.sessions
                 .alerts()
                 .subscribe(&agent, req.resume_after, cfg.limits.subscriber_queue);
-        tracing::info!(agent_id = %agent, resume_after = req.resume_after, "alert subscriber");
+        tracing::info!(agent_id = %agent, resume_after = ?req.resume_after, "alert subscriber");
         // at shutdown the hub drops its senders: the stream ends after what is queued
         let stream = ReceiverStream::new(feed).map(|item| Ok(feed_to(item)));
         Ok(Response::new(Box::pin(stream)))

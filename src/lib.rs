@@ -17,6 +17,7 @@
 //! - `config`: TOML with embedded defaults, validation, hot reload through a `watch` channel.
 //! - `telemetry`: tracing setup. `error`: typed errors and their single mapping to gRPC status.
 //! - `offline` and `replay`: the `callguard score` and `callguard replay` commands.
+//! - `loadgen` and `soak`: `callguard loadgen` (make bench) and `callguard soak` (make soak).
 //!
 //! `run` wires them together and serves until the shutdown token fires.
 
@@ -34,6 +35,7 @@ pub mod policy;
 pub mod replay;
 pub mod scoring;
 pub mod session;
+pub mod soak;
 pub mod telemetry;
 
 /// Generated gRPC types and services (`proto/callguard/v1`).

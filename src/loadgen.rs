@@ -185,7 +185,13 @@ impl Corpus {
     }
 
     /// A text for `speaker` in `lang` (falling back to any language), or a backchannel.
-    fn pick(&self, rng: &mut Rng, agent: bool, lang: &str, backchannel_share: f64) -> String {
+    pub(crate) fn pick(
+        &self,
+        rng: &mut Rng,
+        agent: bool,
+        lang: &str,
+        backchannel_share: f64,
+    ) -> String {
         if rng.unit() < backchannel_share {
             let same: Vec<&str> = BACKCHANNELS
                 .iter()
@@ -206,19 +212,19 @@ impl Corpus {
 }
 
 /// xorshift: deterministic and allocation-free, plenty for load shaping.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
-    fn unit(&mut self) -> f64 {
+    pub(crate) fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
     }
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
 }
@@ -343,7 +349,7 @@ async fn run_call(
     let feed = pb::alert_feed_client::AlertFeedClient::new(ch.clone())
         .subscribe(pb::SubscribeRequest {
             agent_id: agent_id.clone(),
-            resume_after: 0,
+            resume_after: None,
         })
         .await;
     let Ok(feed) = feed else {

@@ -66,6 +66,22 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Soak under faults (random disconnects, a SIGTERM and a SIGKILL restart, a config
+    /// reload) and count lost alerts and incidents; writes DIR/summary.json.
+    Soak {
+        #[arg(long, default_value_t = 600)]
+        secs: u64,
+        /// Calls in progress at once.
+        #[arg(long, default_value_t = 60)]
+        calls: usize,
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        #[arg(long, default_value = "target/soak")]
+        dir: PathBuf,
+        /// Extra config for the server (must not contain [server] or [thresholds.da]).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Read the incident store: a call's report, or per-team counts.
     Incidents {
         #[command(subcommand)]
@@ -186,6 +202,38 @@ fn try_main(args: Args) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Incidents { command } => incidents(command),
+        Command::Soak {
+            secs,
+            calls,
+            corpus,
+            dir,
+            config,
+        } => {
+            let opts = callguard::soak::SoakOptions {
+                secs,
+                calls,
+                corpus: corpus.unwrap_or_else(callguard::loadgen::default_corpus),
+                dir: dir.clone(),
+                config,
+            };
+            // one worker: the client must stay light beside the server it tests
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            let summary = rt.block_on(callguard::soak::soak(&opts))?;
+            let text = serde_json::to_string_pretty(&summary)?;
+            std::fs::write(dir.join("summary.json"), format!("{text}\n"))?;
+            println!("{text}");
+            let clean = summary["alerts_lost"] == 0
+                && summary["incidents_lost"] == 0
+                && summary["panics"] == 0;
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(4)
+            })
+        }
         Command::HashToken => {
             let mut token = String::new();
             std::io::stdin().read_line(&mut token)?;

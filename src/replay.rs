@@ -153,7 +153,7 @@ async fn play(
     let mut feed = pb::alert_feed_client::AlertFeedClient::new(channel.clone())
         .subscribe(pb::SubscribeRequest {
             agent_id: agent_id.clone(),
-            resume_after: 0,
+            resume_after: None,
         })
         .await
         .map_err(|s| format!("subscribe: {}", s.message()))?

@@ -303,7 +303,7 @@ impl Feed {
         )
         .subscribe(pb::SubscribeRequest {
             agent_id: agent_id.into(),
-            resume_after,
+            resume_after: (resume_after > 0).then_some(resume_after),
         })
         .await?
         .into_inner();
