@@ -288,9 +288,27 @@ mod tests {
             hub.publish(alert("a", n), 8);
         }
         // it got what fit, then was dropped: its stream ends and it can resume
-        assert_eq!(drain(&mut slow), vec!["1", "2"]);
+        assert_eq!(drain(&mut slow), vec!["1"]);
         assert!(slow.try_recv().is_err());
-        let mut again = hub.subscribe(&AgentId("a".into()), Some(2), 8);
-        assert_eq!(drain(&mut again), vec!["3", "4", "5"]);
+        let mut again = hub.subscribe(&AgentId("a".into()), Some(1), 8);
+        assert_eq!(drain(&mut again), vec!["2", "3", "4", "5"]);
+    }
+
+    #[test]
+    fn resuming_after_zero_replays_the_whole_buffer_and_absent_replays_nothing() {
+        let hub = AlertHub::new();
+        for n in 0..3 {
+            hub.publish(alert("a", n), 8);
+        }
+        let mut all = hub.subscribe(&AgentId("a".into()), Some(0), 8);
+        assert_eq!(drain(&mut all), vec!["1", "2", "3"]);
+        let mut live = hub.subscribe(&AgentId("a".into()), None, 8);
+        assert!(drain(&mut live).is_empty());
+        // a buffer that no longer reaches back to seq 1 says so
+        for n in 3..12 {
+            hub.publish(alert("a", n), 8);
+        }
+        let mut late = hub.subscribe(&AgentId("a".into()), Some(0), 8);
+        assert_eq!(drain(&mut late)[0], "gap 1-4");
     }
 }
