@@ -23,6 +23,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod fuzzing;
 pub mod incidents;
 pub mod loadgen;
 pub mod metrics;

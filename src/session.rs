@@ -600,14 +600,14 @@ impl Drop for CallHandle {
     }
 }
 
-fn valid_id<'a>(field: &str, value: &'a str) -> Result<&'a str> {
+pub(crate) fn valid_id<'a>(field: &str, value: &'a str) -> Result<&'a str> {
     if value.trim().is_empty() {
         return Err(Error::InvalidArgument(format!("{field} is empty")));
     }
     optional_id(field, value)
 }
 
-fn optional_id<'a>(field: &str, value: &'a str) -> Result<&'a str> {
+pub(crate) fn optional_id<'a>(field: &str, value: &'a str) -> Result<&'a str> {
     if value.len() > MAX_ID_BYTES {
         return Err(Error::InvalidArgument(format!(
             "{field} is longer than {MAX_ID_BYTES} bytes"
