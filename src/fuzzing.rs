@@ -93,6 +93,13 @@ pub fn text(data: &[u8]) {
     for label in Label::ALL {
         if let Some((start, end)) = hits.get(label) {
             assert_span(&text, start, end);
+            // evidence is the matched words themselves: alone, they match again, whole
+            let alone = lexicon.scan(&text[start..end]).get(label);
+            assert_eq!(
+                alone,
+                Some((0, end - start)),
+                "{label:?} span {start}..{end}"
+            );
         }
     }
     let lang = guess_language(&text);
