@@ -57,5 +57,23 @@ SOAK_SECS ?= 600
 soak: model build
 	$(BIN) soak --secs $(SOAK_SECS)
 
+## fuzz: run each cargo-fuzz target for FUZZ_SECS seconds (default 60) and print its executions.
+##       libFuzzer needs nightly flags: RUSTC_BOOTSTRAP lets the stable toolchain take them.
+##       New inputs go to fuzz/grown/TARGET (git-ignored), crashes to fuzz/artifacts/TARGET.
+FUZZ_SECS ?= 60
+FUZZ_TARGETS := config text call_events
+CARGO_FUZZ_VERSION := 0.13.2
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION)
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/grown/$$t; \
+		echo "fuzz $$t: $(FUZZ_SECS) s, log in fuzz/grown/$$t.log"; \
+		if ! env -u CARGO_TARGET_DIR RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t fuzz/grown/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECS) -print_final_stats=1 > fuzz/grown/$$t.log 2>&1; then \
+			tail -n 40 fuzz/grown/$$t.log; exit 1; \
+		fi; \
+		grep -E '^Done [0-9]+ runs|^stat::number_of_executed_units' fuzz/grown/$$t.log | sed "s/^/  $$t: /"; \
+	done
+
 clean-model:
 	rm -rf models/build models/work

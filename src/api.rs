@@ -132,13 +132,7 @@ impl Api {
             let ack = match event.event {
                 Some(pb::call_event::Event::Utterance(u)) => {
                     let utterance_id = u.utterance_id.clone();
-                    let input = session::UtteranceIn {
-                        utterance_id: u.utterance_id,
-                        speaker: speaker_from(u.speaker),
-                        text: u.text,
-                        is_final: u.is_final,
-                    };
-                    match handle.utterance(input).await {
+                    match handle.utterance(u.into()).await {
                         Ok(outcome) => outcome_ack(utterance_id, outcome),
                         Err(err @ Error::Unavailable(_)) => return Err(err.into()),
                         Err(err) => pb::call_ack::Ack::Rejected(pb::EventRejected {
@@ -328,6 +322,17 @@ impl pb::ops_server::Ops for Api {
             incidents: rows.len() as u32,
             json: serde_json::Value::Array(rows).to_string(),
         }))
+    }
+}
+
+impl From<pb::Utterance> for session::UtteranceIn {
+    fn from(u: pb::Utterance) -> Self {
+        session::UtteranceIn {
+            utterance_id: u.utterance_id,
+            speaker: speaker_from(u.speaker),
+            text: u.text,
+            is_final: u.is_final,
+        }
     }
 }
 

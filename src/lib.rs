@@ -27,6 +27,7 @@ pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod fuzzing;
 pub mod incidents;
 pub mod loadgen;
 pub mod metrics;

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{Alert, AlertHub};
-use crate::config::Config;
+use crate::config::{Config, LimitsConfig};
 use crate::domain::{AgentId, AlertKind, CallId, Label, LabelSet, Lang, Scores, Speaker};
 use crate::error::{Error, Result};
 use crate::incidents::{Incident, IncidentStore};
@@ -503,15 +503,8 @@ impl CallHandle {
         let received = Instant::now();
         let s = &self.sessions;
         let cfg = s.config();
-        let id =
-            valid_id("utterance_id", &utt.utterance_id).map_err(|e| s.reject(Reject::BadId, e))?;
-        if utt.speaker == Speaker::Unknown {
-            return Err(s.reject(
-                Reject::NoSpeaker,
-                Error::InvalidArgument("speaker must be agent or customer".into()),
-            ));
-        }
         let limits = &cfg.limits;
+        // every event costs a token, valid or not: a flood of garbage is a flood too
         let allowed = self.call.state().rate.take(
             received,
             limits.call_events_per_s,
@@ -526,16 +519,7 @@ impl CallHandle {
                 )),
             ));
         }
-        if utt.text.len() > cfg.limits.max_text_bytes {
-            return Err(s.reject(
-                Reject::TextTooLong,
-                Error::InvalidArgument(format!(
-                    "text is {} bytes, over limits.max_text_bytes = {}",
-                    utt.text.len(),
-                    cfg.limits.max_text_bytes
-                )),
-            ));
-        }
+        check_utterance(limits, &utt).map_err(|(reason, err)| s.reject(reason, err))?;
         if !utt.is_final {
             let mut state = self.call.state();
             state.last_activity = Instant::now();
@@ -545,12 +529,7 @@ impl CallHandle {
                 seen: state.partials,
             });
         }
-        if utt.text.trim().is_empty() {
-            return Err(s.reject(
-                Reject::EmptyText,
-                Error::InvalidArgument("final utterance text is empty".into()),
-            ));
-        }
+        let id = utt.utterance_id.as_str();
         let id: Arc<str> = id.into();
         {
             let mut state = self.call.state();
@@ -660,14 +639,43 @@ impl Drop for CallHandle {
     }
 }
 
-pub fn valid_id<'a>(field: &str, value: &'a str) -> Result<&'a str> {
+/// The checks an utterance event must pass before it touches call state (pure, so the fuzz
+/// targets run exactly these). Partials may be empty; finals may not.
+pub fn check_utterance(limits: &LimitsConfig, utt: &UtteranceIn) -> Result<(), (Reject, Error)> {
+    valid_id("utterance_id", &utt.utterance_id).map_err(|e| (Reject::BadId, e))?;
+    if utt.speaker == Speaker::Unknown {
+        return Err((
+            Reject::NoSpeaker,
+            Error::InvalidArgument("speaker must be agent or customer".into()),
+        ));
+    }
+    if utt.text.len() > limits.max_text_bytes {
+        return Err((
+            Reject::TextTooLong,
+            Error::InvalidArgument(format!(
+                "text is {} bytes, over limits.max_text_bytes = {}",
+                utt.text.len(),
+                limits.max_text_bytes
+            )),
+        ));
+    }
+    if utt.is_final && utt.text.trim().is_empty() {
+        return Err((
+            Reject::EmptyText,
+            Error::InvalidArgument("final utterance text is empty".into()),
+        ));
+    }
+    Ok(())
+}
+
+pub(crate) fn valid_id<'a>(field: &str, value: &'a str) -> Result<&'a str> {
     if value.trim().is_empty() {
         return Err(Error::InvalidArgument(format!("{field} is empty")));
     }
     optional_id(field, value)
 }
 
-fn optional_id<'a>(field: &str, value: &'a str) -> Result<&'a str> {
+pub(crate) fn optional_id<'a>(field: &str, value: &'a str) -> Result<&'a str> {
     if value.len() > MAX_ID_BYTES {
         return Err(Error::InvalidArgument(format!(
             "{field} is longer than {MAX_ID_BYTES} bytes"
