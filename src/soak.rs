@@ -98,6 +98,7 @@ impl ServerProc {
     /// SIGTERM (graceful) or SIGKILL, wait for the exit, start again. Returns the exit status.
     fn restart(&mut self, graceful: bool) -> Result<String, LoadError> {
         let status = self.stop(graceful)?;
+        // assigning drops the old process, which has exited already
         *self = ServerProc::spawn(self.args.clone(), self.log.clone())?;
         Ok(status)
     }
@@ -112,6 +113,14 @@ impl ServerProc {
         }
         let _ = self.child.kill();
         Ok(format!("{:?}", self.child.wait()?))
+    }
+}
+
+impl Drop for ServerProc {
+    /// A soak that fails half-way leaves no server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

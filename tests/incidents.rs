@@ -19,8 +19,18 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A server process that is killed (SIGKILL) when dropped, so a failing test leaves none behind.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `callguard serve` as its own process on a free port, with the metrics endpoint off.
-fn spawn_server(dir: &Path, db: &Path) -> (Child, String) {
+fn spawn_server(dir: &Path, db: &Path) -> (Killed, String) {
     let config = dir.join("callguard.toml");
     std::fs::write(&config, "[server]\nmetrics_addr = \"\"\n").expect("config");
     let addr = format!("127.0.0.1:{}", free_port());
@@ -34,7 +44,7 @@ fn spawn_server(dir: &Path, db: &Path) -> (Child, String) {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn callguard serve");
-    (child, format!("http://{addr}"))
+    (Killed(child), format!("http://{addr}"))
 }
 
 fn export(db: &Path, call: &str, format: &str) -> String {
@@ -61,14 +71,13 @@ async fn an_acknowledged_incident_survives_kill_9_and_the_restart_resumes_it() {
     let db = dir.path().join("incidents.sqlite");
     let (agent, call_id) = ("agent-k9", "call-k9");
 
-    let (mut child, endpoint) = spawn_server(dir.path(), &db);
+    let (child, endpoint) = spawn_server(dir.path(), &db);
     let ch = Server::connect(&endpoint).await;
     let mut call = Call::start(&ch, call_id, agent, "sv").await;
     let scored = call.say("u1", Customer, THREAT_SV).await;
     assert!(scored.alert_kinds.iter().any(|k| k == "escalate"));
     call.say("u2", Customer, THREAT_SV).await;
-    child.kill().expect("SIGKILL"); // no shutdown, no flush: only what was committed
-    child.wait().expect("reaped");
+    drop(child); // SIGKILL: no shutdown, no flush, only what was committed survives
 
     let json: serde_json::Value =
         serde_json::from_str(&export(&db, call_id, "json")).expect("json");
@@ -86,7 +95,7 @@ async fn an_acknowledged_incident_survives_kill_9_and_the_restart_resumes_it() {
     assert!(export(&db, call_id, "html").starts_with("<!doctype html>"));
 
     // restart on the same database: a softphone that saw seq 1 resumes, numbering continues
-    let (mut child, endpoint) = spawn_server(dir.path(), &db);
+    let (child, endpoint) = spawn_server(dir.path(), &db);
     let ch = Server::connect(&endpoint).await;
     let mut feed = Feed::subscribe(&ch, agent, 1).await;
     let replayed = feed.next_alert().await;
@@ -95,8 +104,7 @@ async fn an_acknowledged_incident_survives_kill_9_and_the_restart_resumes_it() {
     call.say("u1", Customer, THREAT_SV).await;
     let next = feed.next_alert().await;
     assert_eq!((next.seq, next.call_id.as_str()), (3, "call-k9-2"));
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
+    drop(child);
 
     let stats = Command::new(BIN)
         .args(["incidents", "stats", "--format", "json", "--db"])
