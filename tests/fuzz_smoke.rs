@@ -9,8 +9,11 @@
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use callguard::fuzzing;
 use callguard::proto as pb;
+use common::{start_event, utterance};
 use prost::Message;
 
 /// Mutated inputs per target: about two seconds for the file on two busy cores.
@@ -182,7 +185,7 @@ fn random_calls(rng: &mut XorShift, texts: &[String]) -> Vec<u8> {
     let mut out = Vec::new();
     for _ in 0..=rng.below(2) {
         let language = *rng.pick(&["sv", "nb", "nn", "da", "no", "sv-SE", "de", ""]);
-        push(&mut out, start("c", "a", language));
+        push(&mut out, start_event("c", "a", language));
         for n in 0..rng.below(12) {
             let text = if rng.below(8) == 0 {
                 // two utterances' words in one final
@@ -216,31 +219,6 @@ fn push(out: &mut Vec<u8>, event: pb::CallEvent) {
         .expect("a Vec grows as needed");
 }
 
-fn start(call_id: &str, agent_id: &str, language: &str) -> pb::CallEvent {
-    pb::CallEvent {
-        event: Some(pb::call_event::Event::Start(pb::CallStart {
-            call_id: call_id.into(),
-            tenant: "t".into(),
-            agent_id: agent_id.into(),
-            language: language.into(),
-            team: String::new(),
-            resume: false,
-        })),
-    }
-}
-
-fn utterance(id: &str, speaker: pb::Speaker, text: &str, is_final: bool) -> pb::CallEvent {
-    pb::CallEvent {
-        event: Some(pb::call_event::Event::Utterance(pb::Utterance {
-            utterance_id: id.into(),
-            speaker: speaker as i32,
-            text: text.into(),
-            is_final,
-            ..Default::default()
-        })),
-    }
-}
-
 fn end() -> pb::CallEvent {
     pb::CallEvent {
         event: Some(pb::call_event::Event::End(pb::CallEnd {
@@ -262,7 +240,7 @@ fn write_call_event_seeds() {
         (
             "warning_then_abuse_then_threat",
             vec![
-                start("call-1", "agent-1", "sv"),
+                start_event("call-1", "agent-1", "sv"),
                 utterance("u1", Customer, abuse, false),
                 utterance("u1", Customer, abuse, true),
                 utterance("u2", Agent, warning, true),
@@ -275,7 +253,7 @@ fn write_call_event_seeds() {
         (
             "self_harm_blocks_hang_up",
             vec![
-                start("call-2", "agent-2", "nb"),
+                start_event("call-2", "agent-2", "nb"),
                 utterance("u1", Customer, "jeg vil ikke leve lenger", true),
                 utterance(
                     "u2",
@@ -292,12 +270,12 @@ fn write_call_event_seeds() {
             "refused_events_and_unknown_speaker",
             vec![
                 utterance("u0", Customer, abuse, true),
-                start("call-3", "agent-3", "da-DK"),
+                start_event("call-3", "agent-3", "da-DK"),
                 utterance("", Customer, abuse, true),
                 utterance("u1", pb::Speaker::Unspecified, "din kælling", true),
                 utterance("u2", Customer, "   ", true),
-                start("call-3", "agent-3", "da"),
-                start("call-4", "agent-4", "nn"),
+                start_event("call-3", "agent-3", "da"),
+                start_event("call-4", "agent-4", "nn"),
                 utterance("u1", Customer, "eg veit kor du bur", true),
             ],
             &[SuggestWarning, Escalate],
@@ -305,10 +283,10 @@ fn write_call_event_seeds() {
         (
             "two_calls_one_after_the_other",
             vec![
-                start("call-5", "agent-5", "no"),
+                start_event("call-5", "agent-5", "no"),
                 utterance("u1", Customer, "faen, dette er dritt", true),
                 end(),
-                start("call-6", "agent-5", "sv"),
+                start_event("call-6", "agent-5", "sv"),
                 utterance("u1", Customer, "jag ska döda dig", true),
                 utterance("u1", Customer, "jag ska döda dig", true),
                 end(),
