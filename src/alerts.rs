@@ -58,6 +58,16 @@ struct Feed {
     team: Option<Arc<str>>,
 }
 
+impl Feed {
+    /// Keep `alert` in the replay buffer, dropping the oldest beyond `capacity`.
+    fn remember(&mut self, alert: Arc<Alert>, capacity: usize) {
+        self.buffer.push_back(alert);
+        while self.buffer.len() > capacity.max(1) {
+            self.buffer.pop_front();
+        }
+    }
+}
+
 /// The registry of every agent's feed.
 #[derive(Default)]
 pub struct AlertHub {
@@ -92,10 +102,7 @@ impl AlertHub {
         alert.seq = feed.next_seq;
         feed.next_seq += 1;
         let alert = Arc::new(alert);
-        feed.buffer.push_back(alert.clone());
-        while feed.buffer.len() > replay_capacity.max(1) {
-            feed.buffer.pop_front();
-        }
+        feed.remember(alert.clone(), replay_capacity);
         feed.subscribers.retain(|tx| match tx.try_send(FeedItem::Alert(alert.clone())) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -158,20 +165,14 @@ impl AlertHub {
         for alert in recent {
             let feed = self.feed(&alert.agent_id);
             let mut feed = feed.lock().unwrap_or_else(|p| p.into_inner());
-            feed.buffer.push_back(Arc::new(alert));
-            while feed.buffer.len() > replay_capacity.max(1) {
-                feed.buffer.pop_front();
-            }
+            feed.remember(Arc::new(alert), replay_capacity);
         }
     }
 
     /// Record the team of an agent's call (supervisor scope checks).
     pub fn set_team(&self, agent: &AgentId, team: &Arc<str>) {
         let feed = self.feed(agent);
-        let mut feed = feed.lock().unwrap_or_else(|p| p.into_inner());
-        if feed.team.as_ref() != Some(team) {
-            feed.team = Some(team.clone());
-        }
+        feed.lock().unwrap_or_else(|p| p.into_inner()).team = Some(team.clone());
     }
 
     /// The agent's team: from their latest call, else from their latest recorded alert.

@@ -164,9 +164,7 @@ impl Api {
             }
         }
     }
-}
 
-impl Api {
     /// A message that could not be read from a call stream. Oversized and malformed messages
     /// are the client's fault and get their own status; a broken transport has nobody to tell.
     fn inbound_error(&self, status: Status) -> Status {
@@ -249,14 +247,8 @@ impl pb::scoring_server::Scoring for Api {
         if req.text.trim().is_empty() {
             return Err(Error::InvalidArgument("text is empty".into()).into());
         }
-        if req.text.len() > cfg.limits.max_text_bytes {
-            return Err(Error::InvalidArgument(format!(
-                "text is {} bytes, over limits.max_text_bytes = {}",
-                req.text.len(),
-                cfg.limits.max_text_bytes
-            ))
-            .into());
-        }
+        session::check_text_len(&cfg.limits, &req.text)
+            .map_err(|e| self.sessions.reject(Reject::TextTooLong, e))?;
         let lang = if req.language.is_empty() {
             guess_language(&req.text)
         } else {

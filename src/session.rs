@@ -529,8 +529,7 @@ impl CallHandle {
                 seen: state.partials,
             });
         }
-        let id = utt.utterance_id.as_str();
-        let id: Arc<str> = id.into();
+        let id: Arc<str> = utt.utterance_id.as_str().into();
         {
             let mut state = self.call.state();
             state.last_activity = Instant::now();
@@ -649,21 +648,24 @@ pub fn check_utterance(limits: &LimitsConfig, utt: &UtteranceIn) -> Result<(), (
             Error::InvalidArgument("speaker must be agent or customer".into()),
         ));
     }
-    if utt.text.len() > limits.max_text_bytes {
-        return Err((
-            Reject::TextTooLong,
-            Error::InvalidArgument(format!(
-                "text is {} bytes, over limits.max_text_bytes = {}",
-                utt.text.len(),
-                limits.max_text_bytes
-            )),
-        ));
-    }
+    check_text_len(limits, &utt.text).map_err(|e| (Reject::TextTooLong, e))?;
     if utt.is_final && utt.text.trim().is_empty() {
         return Err((
             Reject::EmptyText,
             Error::InvalidArgument("final utterance text is empty".into()),
         ));
+    }
+    Ok(())
+}
+
+/// `limits.max_text_bytes`, for utterances and for `Scoring.Score` alike.
+pub fn check_text_len(limits: &LimitsConfig, text: &str) -> Result<()> {
+    if text.len() > limits.max_text_bytes {
+        return Err(Error::InvalidArgument(format!(
+            "text is {} bytes, over limits.max_text_bytes = {}",
+            text.len(),
+            limits.max_text_bytes
+        )));
     }
     Ok(())
 }
